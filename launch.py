@@ -1,0 +1,147 @@
+#!/usr/bin/env python
+"""lift3d command line, threestudio-compatible.
+
+    python launch.py --config X.yaml (--train|--validate|--test|--export) [--gpu 0] [--verbose] key=value ...
+
+--train fits, then runs the test pass (turntable video). --validate/--test/--export need
+`resume=<trial>/ckpts/last.ckpt`. Extra arguments are OmegaConf dot-list overrides. The whole
+experiment config is validated before anything is built.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="path to the experiment YAML")
+    parser.add_argument("--gpu", default="0", help="GPU index (sets CUDA_VISIBLE_DEVICES unless already set)")
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--train", action="store_true")
+    group.add_argument("--validate", action="store_true")
+    group.add_argument("--test", action="store_true")
+    group.add_argument("--export", action="store_true")
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    args, extras = parser.parse_known_args(argv)
+    unknown_flags = [e for e in extras if e.startswith("--")]
+    if unknown_flags:
+        parser.error(f"unknown option(s) {unknown_flags}; config overrides are written key=value without dashes")
+    return args, extras
+
+
+def trial_paths(cfg, args) -> None:
+    """Fill exp_dir / trial_name / trial_dir. A resumed run continues in its own trial folder."""
+    from lift3d.errors import ConfigError
+
+    if cfg.resume:
+        ckpt = Path(cfg.resume)
+        if not ckpt.is_file():
+            raise ConfigError(f"resume: checkpoint '{ckpt}' does not exist. Pass <trial>/ckpts/last.ckpt.")
+        trial_dir = ckpt.resolve().parent.parent
+        cfg.trial_dir = str(trial_dir)
+        cfg.trial_name = trial_dir.name
+        cfg.exp_dir = str(trial_dir.parent)
+        return
+    if not args.train:
+        raise ConfigError(
+            "--validate/--test/--export need a trained checkpoint: add resume=<trial>/ckpts/last.ckpt."
+        )
+    tag = str(cfg.tag).replace("/", "_").strip() or "run"
+    cfg.timestamp = time.strftime("@%Y%m%d-%H%M%S") if cfg.use_timestamp else ""
+    cfg.trial_name = tag + cfg.timestamp
+    cfg.exp_dir = str(Path(cfg.exp_root_dir) / cfg.name)
+    cfg.trial_dir = str(Path(cfg.exp_dir) / cfg.trial_name)
+
+
+def main(argv: list[str]) -> int:
+    args, extras = parse_args(argv)
+    if "CUDA_VISIBLE_DEVICES" not in os.environ and args.gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="[%(levelname)s] %(message)s")
+
+    from lift3d.errors import Lift3DError
+
+    try:
+        return run(args, extras)
+    except Lift3DError as exc:
+        print(f"lift3d: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace, extras: list[str]) -> int:
+    import torch
+    import pytorch_lightning as pl
+    from omegaconf import OmegaConf
+
+    from lift3d.config import dump_config, load_config, validate_experiment
+    from lift3d.registry import find
+    from lift3d.utils.checkpointing import AtomicCheckpointIO, ResumableCSVLogger, read_checkpoint_step
+
+    cfg = load_config(args.config, cli_args=extras)
+    validate_experiment(cfg)  # every section checked before any work starts
+    trial_paths(cfg, args)
+    trial = Path(cfg.trial_dir)
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = find(cfg.data_type)(cfg.data)
+    system = find(cfg.system_type)(cfg.system, resumed=cfg.resume is not None)
+    system.set_save_dir(trial / "save")
+
+    callbacks: list = []
+    loggers: list = []
+    if args.train:
+        from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        (trial / "configs").mkdir(parents=True, exist_ok=True)
+        dump_config(trial / "configs" / "parsed.yaml", cfg)
+        raw = OmegaConf.merge(OmegaConf.load(args.config), OmegaConf.from_dotlist(extras))
+        dump_config(trial / "configs" / "raw.yaml", raw)
+        with open(trial / "cmd.txt", "a") as fp:
+            fp.write("python " + " ".join([sys.argv[0]] + list(sys.argv[1:])) + "\n")
+        checkpoint_args = {"save_last": True, "every_n_train_steps": 500, "save_top_k": -1}
+        checkpoint_args.update(OmegaConf.to_container(cfg.checkpoint, resolve=True))
+        callbacks.append(ModelCheckpoint(dirpath=str(trial / "ckpts"), **checkpoint_args))
+        resume_step = read_checkpoint_step(cfg.resume) if cfg.resume else None
+        loggers = [
+            TensorBoardLogger(str(trial), name="tb_logs", version=""),
+            ResumableCSVLogger(str(trial / "csv_logs"), resume_step=resume_step),
+        ]
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+
+    trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_args.setdefault("accelerator", "gpu" if torch.cuda.is_available() else "cpu")
+    trainer_args.setdefault("devices", 1)
+    trainer_args.setdefault("num_sanity_val_steps", 0)
+    trainer_args.setdefault("enable_model_summary", False)
+    if args.export:
+        trainer_args["limit_predict_batches"] = 1
+    trainer = pl.Trainer(
+        callbacks=callbacks,
+        logger=loggers if loggers else False,
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(trial),
+        **trainer_args,
+    )
+
+    ckpt = cfg.resume
+    if args.train:
+        trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt)
+        trainer.test(system, datamodule=datamodule)
+    elif args.validate:
+        trainer.validate(system, datamodule=datamodule, ckpt_path=ckpt)
+    elif args.test:
+        trainer.test(system, datamodule=datamodule, ckpt_path=ckpt)
+    elif args.export:
+        trainer.predict(system, datamodule=datamodule, ckpt_path=ckpt, return_predictions=False)
+    print(f"lift3d: outputs in {trial}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,98 @@
+"""Geometry bases: implicit fields (density or SDF) and explicit meshes.
+
+Contract (threestudio-compatible):
+- `forward(points [N,3], output_normal=False) -> {"density" or "sdf": [N,1], "features": [N,F],
+  "normal": [N,3] (if asked)}`; points are world coordinates inside the bbox [-radius, radius]^3.
+- `isosurface() -> lift3d.mesh.Mesh` extracts the surface (for export and stage chaining).
+- `create_from(other, cfg, ...)` builds this geometry from a previous stage's geometry
+  (DESIGN.md "Stage chaining"); the default refuses with a clear error.
+- `export(points [N,3]) -> {"features": ...}` gives what an exporter needs to colour a mesh.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Union
+
+import torch
+
+from lift3d.errors import ConfigError
+from lift3d.utils.base import BaseModule
+
+
+class BaseGeometry(BaseModule):
+    @dataclass
+    class Config(BaseModule.Config):
+        pass
+
+    # registered geometry types this class's create_from accepts
+    convertible_from: tuple[str, ...] = ()
+
+    @classmethod
+    def can_convert_from(cls, type_name: str) -> bool:
+        return type_name in cls.convertible_from
+
+    @staticmethod
+    def create_from(other: "BaseGeometry", cfg: Any = None, **kwargs: Any) -> "BaseGeometry":
+        raise ConfigError(
+            f"cannot convert a {type(other).__name__} geometry into this geometry type; "
+            f"check system.geometry_type and system.geometry_convert_from."
+        )
+
+    def export(self, points: torch.Tensor, **kwargs: Any) -> dict[str, torch.Tensor]:
+        return {}
+
+
+class BaseImplicitGeometry(BaseGeometry):
+    """A field on the cube [-radius, radius]^3 with a marching-cubes isosurface."""
+
+    @dataclass
+    class Config(BaseGeometry.Config):
+        radius: float = 1.0
+        isosurface: bool = True
+        isosurface_method: str = "mc"  # marching cubes on a regular grid
+        isosurface_resolution: int = 128
+        # the level of the surface: a number, or "auto" (density: mean of the field; sdf: 0)
+        isosurface_threshold: Union[float, str] = 0.0
+        isosurface_chunk: int = 0  # points per field query; 0 = all at once
+        isosurface_remove_outliers: bool = True
+        isosurface_outlier_n_faces_threshold: Union[int, float] = 0.01
+
+    # field_kind is "density" (inside: field > level) or "sdf" (inside: field < level)
+    field_kind: str = "density"
+
+    def configure(self) -> None:
+        r = self.cfg.radius
+        self.register_buffer(
+            "bbox", torch.tensor([[-r, -r, -r], [r, r, r]], dtype=torch.float32), persistent=False
+        )
+
+    def forward_field(self, points: torch.Tensor) -> torch.Tensor:
+        """The raw field at world points [N,3] → [N,1] (density or sdf)."""
+        raise NotImplementedError
+
+    def isosurface_level(self, field: torch.Tensor) -> float:
+        thr = self.cfg.isosurface_threshold
+        if thr == "auto":
+            return float(field.mean()) if self.field_kind == "density" else 0.0
+        return float(thr)
+
+    @torch.no_grad()
+    def isosurface(self):
+        """Marching cubes on a `isosurface_resolution`³ grid over the bbox → Mesh (world coords)."""
+        from lift3d.mesh import Mesh
+        from lift3d.ops.marching_cubes import marching_cubes
+
+        res = self.cfg.isosurface_resolution
+        lin = torch.linspace(0.0, 1.0, res, device=self.bbox.device)
+        grid = torch.stack(torch.meshgrid(lin, lin, lin, indexing="ij"), dim=-1).reshape(-1, 3)
+        points = self.bbox[0] + grid * (self.bbox[1] - self.bbox[0])  # [res^3, 3]
+        chunk = self.cfg.isosurface_chunk or points.shape[0]
+        field = torch.cat([self.forward_field(p) for p in points.split(chunk)], 0).reshape(res, res, res)
+        level = self.isosurface_level(field)
+        v_pos, faces = marching_cubes(
+            field.float().cpu(), level, bbox=self.bbox.cpu(), inside_is_greater=self.field_kind == "density"
+        )
+        mesh = Mesh(v_pos.to(self.bbox.device), faces.to(self.bbox.device))
+        if self.cfg.isosurface_remove_outliers:
+            mesh = mesh.remove_outlier(self.cfg.isosurface_outlier_n_faces_threshold)
+        return mesh

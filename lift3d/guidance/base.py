@@ -1,0 +1,34 @@
+"""Guidance base: turns renders into named losses (DESIGN.md "Core contracts").
+
+`__call__(image [B,H,W,C], batch, prompt_utils=None, render_out=None) -> dict` with entries
+`loss_<name>` (scalars the system weights by `system.loss.lambda_<name>`) and optional extra
+scalars to log. `produces` lists the loss names a guidance can return, so that the experiment's
+`lambda_*` keys are checked before training starts. Frozen models are held as plain attributes,
+never as nn.Module children, so they stay out of checkpoints.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from lift3d.utils.base import BaseObject
+
+
+class BaseGuidance(BaseObject):
+    @dataclass
+    class Config(BaseObject.Config):
+        pass
+
+    produces: tuple[str, ...] = ()
+
+    def __call__(
+        self,
+        image: torch.Tensor,
+        batch: dict[str, Any],
+        prompt_utils: Optional[Any] = None,
+        render_out: Optional[dict[str, torch.Tensor]] = None,
+        **kwargs: Any,
+    ) -> dict[str, torch.Tensor]:
+        raise NotImplementedError

@@ -1,0 +1,308 @@
+"""Tiny, randomly initialised stand-ins for the diffusion models lift3d loads (DESIGN.md "Models and weights").
+
+Each factory writes a folder in the exact layout of the real model, built from the same classes, so
+the code under test loads it with the same `from_pretrained` call it uses for the real one:
+
+    make_tiny_sd(out)        Stable Diffusion 2.1-base layout (StableDiffusionPipeline)
+    make_tiny_zero123(out)   zero123-xl diffusers layout (extern.zero123.Zero123Pipeline)
+
+The shapes that matter to callers match the real models: 4 latent channels, VAE downsampling 8
+(64² images <-> 8² latents), scaling factor 0.18215, 77-token prompts, SD's noise schedule, an
+8-channel zero123 UNet whose cross-attention width is the image encoder's projection width.
+Everything else is as small as possible (each folder < 3 MB, built in about a second).
+
+CLI:  python -m lift3d.models.tiny_factory --out DIR --kind sd|zero123 [--seed N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Union
+
+PathLike = Union[str, Path]
+
+# Stable Diffusion 2.1-base's noise schedule (its scheduler_config.json).
+SD_SCHEDULE = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    prediction_type="epsilon",
+    clip_sample=False,
+    steps_offset=1,
+    timestep_spacing="leading",
+)
+VAE_SCALING_FACTOR = 0.18215
+TEXT_MAX_LENGTH = 77
+TINY_WIDTH = 32  # text / image embedding width of the tiny models (cross_attention_dim)
+TINY_IMAGE_SIZE = 64  # image side that maps to the UNets' sample_size (8) through the VAE
+
+# Words that get whole-word merges in the tiny BPE vocab; any other text falls back to characters.
+_VOCAB_WORDS = """
+a an the of on in at to with and or is are by for from as its it this that near under over
+photo photograph picture image render rendering dslr zoomed out view front side back overhead
+top bottom left right high quality detailed highly realistic photorealistic beautiful 3d model
+object toy small large big red green blue yellow white black orange purple pink brown gray wooden
+metal glass plastic stone hamburger pineapple car chair table dog cat bird horse teddy bear robot
+house tree flower cake cup mug lamp shoe hat castle ship boat plane bunny rabbit frog fox owl
+sitting standing holding wearing made cute old new delicious plate of
+""".split()
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """Byte -> printable unicode character table of byte-level BPE (GPT-2 / CLIP convention)."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("\u00a1"), ord("\u00ac") + 1))
+        + list(range(ord("\u00ae"), ord("\u00ff") + 1))
+    )
+    table = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def build_tiny_clip_vocab(words=_VOCAB_WORDS) -> tuple[dict[str, int], list[str]]:
+    """A CLIP-style BPE vocab (token -> id) and merge list covering every byte plus `words`.
+
+    Layout as CLIP's: 256 byte characters, the same with the end-of-word marker `</w>`, the merge
+    results, then <|startoftext|> and <|endoftext|> last. Every merge result is in the vocab, so
+    any text tokenizes (unknown words fall back to single characters).
+    """
+    chars = list(_bytes_to_unicode().values())
+    vocab_list = chars + [c + "</w>" for c in chars]
+    merges: list[str] = []
+    seen_merges = set()
+    for word in dict.fromkeys(words):
+        symbols = list(word[:-1]) + [word[-1] + "</w>"]
+        merged = symbols[0]
+        for sym in symbols[1:]:
+            pair = f"{merged} {sym}"
+            merged = merged + sym
+            if pair not in seen_merges:
+                seen_merges.add(pair)
+                merges.append(pair)
+                vocab_list.append(merged)
+    vocab_list = list(dict.fromkeys(vocab_list)) + ["<|startoftext|>", "<|endoftext|>"]
+    return {tok: i for i, tok in enumerate(vocab_list)}, merges
+
+
+def _write_tokenizer(folder: Path, pad_token: str):
+    """Writes vocab.json + merges.txt (hand-made) and the transformers tokenizer files; returns it."""
+    from transformers import CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab, merges = build_tiny_clip_vocab()
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    tokenizer = CLIPTokenizer(
+        vocab=vocab,
+        merges=[tuple(m.split(" ")) for m in merges],
+        pad_token=pad_token,
+        model_max_length=TEXT_MAX_LENGTH,
+    )
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def _tiny_vae(seed: int):
+    """AutoencoderKL with SD's interface: 4 down/up blocks (factor 8), 4 latent channels, 0.18215."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(32, 32, 32, 32),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=32,  # LDM's GroupNorm(32), so original-checkpoint conversion stays exact
+        sample_size=TINY_IMAGE_SIZE,
+        scaling_factor=VAE_SCALING_FACTOR,
+    )
+
+
+def _tiny_unet(seed: int, in_channels: int, cross_attention_dim: int, sd2_style: bool):
+    """UNet2DConditionModel shaped like SD's (cross-attention down block then plain down block)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=TINY_IMAGE_SIZE // 8,
+        in_channels=in_channels,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        # SD 2.x: per-level head counts with linear proj_in/out; SD 1.x / zero123: 8 heads, conv proj.
+        attention_head_dim=(2, 4) if sd2_style else 8,
+        use_linear_projection=sd2_style,
+        norm_num_groups=32,
+    )
+
+
+def make_tiny_sd(out_dir: PathLike, seed: int = 0) -> Path:
+    """Writes a Stable-Diffusion-2.1-base-shaped diffusers folder with random weights; returns it.
+
+    Loads with `StableDiffusionPipeline.from_pretrained(out_dir)` or per component with
+    `<Class>.from_pretrained(out_dir, subfolder="unet" | "vae" | "text_encoder" | "tokenizer" | "scheduler")`.
+    64×64 images <-> 4×8×8 latents; prompts -> [B, 77, 32] text embeddings.
+    """
+    import torch
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng(devices=[]):
+        tokenizer = _write_tokenizer(out / "tokenizer", pad_token="!")  # SD 2.x pads with "!"
+        torch.manual_seed(seed)
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=TINY_WIDTH,
+                intermediate_size=37,
+                projection_dim=TINY_WIDTH,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=TEXT_MAX_LENGTH,
+                hidden_act="gelu",  # OpenCLIP ViT-H text tower of SD 2.x
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        )
+        unet = _tiny_unet(seed + 1, in_channels=4, cross_attention_dim=TINY_WIDTH, sd2_style=True)
+        vae = _tiny_vae(seed + 2)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=DDPMScheduler(**SD_SCHEDULE),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out)
+    _rewrite_tokenizer_sources(out / "tokenizer")
+    return out
+
+
+def _rewrite_tokenizer_sources(folder: Path) -> None:
+    """Keeps the hand-made vocab.json / merges.txt next to tokenizer.json (older transformers read them)."""
+    vocab, merges = build_tiny_clip_vocab()
+    if not (folder / "vocab.json").exists():
+        (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    if not (folder / "merges.txt").exists():
+        (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+
+
+def make_tiny_zero123(out_dir: PathLike, seed: int = 0) -> Path:
+    """Writes a Zero-1-to-3-shaped folder (published zero123-xl diffusers layout); returns it.
+
+    Loads with `extern.zero123.pipeline.Zero123Pipeline.from_pretrained(out_dir)`. The UNet takes
+    8 channels (z_t ++ reference latent); its cross-attention width equals the image encoder's
+    projection width (32 here, 768 in the real model); the camera projection maps 32+4 -> 32.
+    """
+    import diffusers
+    import torch
+    from diffusers import DDIMScheduler
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from extern.zero123.pipeline import CCProjection
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        image_encoder = CLIPVisionModelWithProjection(
+            CLIPVisionConfig(
+                hidden_size=TINY_WIDTH,
+                intermediate_size=37,
+                projection_dim=TINY_WIDTH,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                image_size=32,
+                patch_size=8,
+                hidden_act="quick_gelu",  # OpenAI CLIP ViT-L/14
+            )
+        )
+        unet = _tiny_unet(seed + 1, in_channels=8, cross_attention_dim=TINY_WIDTH, sd2_style=False)
+        vae = _tiny_vae(seed + 2)
+        torch.manual_seed(seed + 3)
+        projection = CCProjection(embedding_dim=TINY_WIDTH, additional_embeddings=4)
+    feature_extractor = CLIPImageProcessor(
+        size={"shortest_edge": 32},
+        crop_size={"height": 32, "width": 32},
+        do_resize=True,
+        do_center_crop=True,
+        do_normalize=True,
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+    scheduler = DDIMScheduler(**SD_SCHEDULE, set_alpha_to_one=False)
+
+    vae.save_pretrained(out / "vae")
+    unet.save_pretrained(out / "unet")
+    image_encoder.save_pretrained(out / "image_encoder")
+    feature_extractor.save_pretrained(out / "feature_extractor")
+    projection.save_pretrained(out / "clip_camera_projection")
+    scheduler.save_pretrained(out / "scheduler")
+    index = {
+        "_class_name": "Zero123Pipeline",
+        "_diffusers_version": diffusers.__version__,
+        # The published folders name a module "zero123" here; Zero123Pipeline.from_pretrained copes.
+        "clip_camera_projection": ["zero123", "CLIPCameraProjection"],
+        "feature_extractor": ["transformers", "CLIPImageProcessor"],
+        "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
+        "requires_safety_checker": False,
+        "safety_checker": [None, None],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+FACTORIES = {"sd": make_tiny_sd, "zero123": make_tiny_zero123}
+
+
+def folder_size_bytes(folder: PathLike) -> int:
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m lift3d.models.tiny_factory",
+        description="Write a tiny random-weight diffusion model folder in the real model's layout.",
+    )
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--kind", required=True, choices=sorted(FACTORIES), help="sd (SD 2.1-base layout) or zero123")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    folder = FACTORIES[args.kind](args.out, seed=args.seed)
+    print(
+        f"wrote tiny {args.kind} model to {folder} "
+        f"({folder_size_bytes(folder) / 1e6:.2f} MB, {time.perf_counter() - start:.1f} s)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

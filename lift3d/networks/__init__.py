@@ -1,0 +1,1 @@
+"""Encodings and MLPs (pure PyTorch, tcnn/threestudio-compatible)."""

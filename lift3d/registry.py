@@ -1,0 +1,87 @@
+"""Name → class registry (DESIGN.md, "Core contracts").
+
+`@register("name")` records a class; `find("name")` returns it. Built-in modules are imported on
+the first lookup so that `import lift3d` stays light; plugins register when `lift3d.plugins`
+imports them.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+from typing import Callable, Dict, Type, TypeVar
+
+from lift3d.errors import RegistryError
+
+T = TypeVar("T")
+
+_REGISTRY: Dict[str, type] = {}
+
+# Modules that register the built-in components; imported lazily by `find` / `registered_names`.
+BUILTIN_MODULES = (
+    "lift3d.data.random_camera",
+    "lift3d.data.single_image",
+    "lift3d.geometry.implicit_volume",
+    "lift3d.materials.no_material",
+    "lift3d.materials.diffuse_with_point_light",
+    "lift3d.background.solid_color",
+    "lift3d.background.neural_environment_map",
+    "lift3d.renderers.nerf_volume_renderer",
+    "lift3d.renderers.patch_renderer",
+    "lift3d.guidance.reference_mesh",
+    "lift3d.prompt.dummy",
+    "lift3d.systems.lift3d_system",
+    "lift3d.export.mesh_exporter",
+)
+_builtins_loaded = False
+
+
+def _owner(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def register(name: str) -> Callable[[Type[T]], Type[T]]:
+    """Class decorator: make `cls` findable as `name`. A name may be registered once."""
+
+    def decorator(cls: Type[T]) -> Type[T]:
+        existing = _REGISTRY.get(name)
+        if existing is not None and _owner(existing) != _owner(cls):
+            raise RegistryError(
+                f"registered name '{name}' is already taken by {_owner(existing)}; "
+                f"{_owner(cls)} cannot register it too. Pick another name for one of them."
+            )
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+def load_builtins() -> None:
+    """Import every built-in component module once."""
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    _builtins_loaded = True
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
+
+
+def registered_names() -> list[str]:
+    load_builtins()
+    return sorted(_REGISTRY)
+
+
+def find(name: str) -> type:
+    """Return the class registered as `name`, or raise an error listing the closest names."""
+    if name not in _REGISTRY:
+        load_builtins()
+        from lift3d.plugins import load_plugins
+
+        load_plugins()
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=5, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise RegistryError(
+            f"unknown registered name '{name}'.{hint} "
+            f"Registered names: {', '.join(sorted(_REGISTRY))}."
+        )
+    return _REGISTRY[name]

@@ -1,0 +1,218 @@
+"""`BaseLift3DSystem`: the Lightning module every lift3d system derives from.
+
+It builds the components named in its config (geometry, material, background, renderer; the
+guidance and prompt processor only when fitting, so --export/--test never load a diffusion model),
+propagates `update_step` to every component and to the training dataset, evaluates scheduled
+values with `C()`, parses optimizer/scheduler configs, chains stages through
+`geometry_convert_from`, and writes what users look at under `<trial>/save/`.
+"""
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import OmegaConf
+
+from lift3d.config import parse_structured
+from lift3d.errors import ConfigError
+from lift3d.registry import find
+from lift3d.systems.optim import make_optimizer, make_scheduler
+from lift3d.systems.regularizers import REGULARIZERS
+from lift3d.utils.base import Updateable
+from lift3d.utils.schedule import C
+
+
+def _registered_name(cls: type) -> str:
+    from lift3d.registry import _REGISTRY
+
+    names = [n for n, c in _REGISTRY.items() if c is cls]
+    return names[0] if names else cls.__qualname__
+
+
+class BaseLift3DSystem(pl.LightningModule, Updateable):
+    @dataclass
+    class Config:
+        geometry_type: str = ""
+        geometry: dict = field(default_factory=dict)
+        material_type: str = "no-material"
+        material: dict = field(default_factory=dict)
+        background_type: str = "solid-color-background"
+        background: dict = field(default_factory=dict)
+        renderer_type: str = ""
+        renderer: dict = field(default_factory=dict)
+        guidance_type: str = ""
+        guidance: dict = field(default_factory=dict)
+        prompt_processor_type: str = "dummy-prompt-processor"
+        prompt_processor: dict = field(default_factory=dict)
+        exporter_type: str = "mesh-exporter"
+        exporter: dict = field(default_factory=dict)
+        loss: dict = field(default_factory=dict)
+        optimizer: dict = field(default_factory=dict)
+        scheduler: Optional[dict] = None
+        geometry_convert_from: Optional[str] = None
+        geometry_convert_inherit_texture: bool = False
+        geometry_convert_override: dict = field(default_factory=dict)
+        cleanup_after_validation_step: bool = False
+        cleanup_after_test_step: bool = False
+
+    # (config key of the component, config key of its registered type)
+    COMPONENTS = (
+        ("geometry", "geometry_type"),
+        ("material", "material_type"),
+        ("background", "background_type"),
+        ("renderer", "renderer_type"),
+        ("guidance", "guidance_type"),
+        ("prompt_processor", "prompt_processor_type"),
+        ("exporter", "exporter_type"),
+    )
+    REQUIRED = ("geometry", "renderer", "guidance")
+    # losses the system computes itself (besides the guidance's and the shared regularizers)
+    system_losses: tuple[str, ...] = ()
+
+    # ------------------------------------------------------------------ validation (before work)
+    @classmethod
+    def validate_config(cls, cfg: Any, path: str = "system", resumed: bool = False) -> Any:
+        name = _registered_name(cls)
+        parsed = parse_structured(cls.Config, cfg, path, f"system '{name}'")
+        produced: set[str] = set(REGULARIZERS) | set(cls.system_losses)
+        for comp, type_key in cls.COMPONENTS:
+            type_name = parsed[type_key]
+            if not type_name:
+                if comp in cls.REQUIRED:
+                    raise ConfigError(f"{path}.{type_key} is empty: name a registered {comp} type.")
+                continue
+            comp_cls = find(type_name)
+            sub = parse_structured(comp_cls.Config, parsed[comp], f"{path}.{comp}", f"{comp} '{type_name}'")
+            if hasattr(comp_cls, "validate_config"):
+                comp_cls.validate_config(sub)
+            if comp == "guidance":
+                produced |= {p[len("loss_"):] for p in getattr(comp_cls, "produces", ())}
+        for key in parsed.loss.keys():
+            if not key.startswith("lambda_") or key[len("lambda_"):] not in produced:
+                raise ConfigError(
+                    f"{path}.loss.{key} weighs no loss of this experiment. Losses available: "
+                    f"{', '.join('lambda_' + p for p in sorted(produced))}."
+                )
+            try:
+                C(parsed.loss[key], 0, 0)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{path}.loss.{key}: {exc}") from None
+        if parsed.geometry_convert_from and not resumed:
+            from lift3d.systems.stage_chain import previous_stage_config, resolve_checkpoint
+
+            ckpt = resolve_checkpoint(parsed.geometry_convert_from)
+            prev = previous_stage_config(ckpt)
+            target = find(parsed.geometry_type)
+            if not target.can_convert_from(prev.system.geometry_type):
+                raise ConfigError(
+                    f"{path}.geometry_convert_from: a '{prev.system.geometry_type}' geometry (from {ckpt}) "
+                    f"cannot be converted into '{parsed.geometry_type}'."
+                )
+        return parsed
+
+    # ------------------------------------------------------------------ construction
+    def __init__(self, cfg: Any, resumed: bool = False) -> None:
+        super().__init__()
+        self.cfg = parse_structured(self.Config, cfg, "system", f"system '{_registered_name(type(self))}'")
+        self._save_dir: Optional[Path] = None
+        self._resumed = resumed
+        self.guidance: Any = None
+        self.prompt_processor: Any = None
+        self.prompt_utils: Any = None
+        self.configure()
+
+    def configure(self) -> None:
+        cfg = self.cfg
+        if cfg.geometry_convert_from and not self._resumed:
+            self.geometry = self._convert_previous_geometry()
+        else:
+            self.geometry = find(cfg.geometry_type)(cfg.geometry)
+        self.material = find(cfg.material_type)(cfg.material)
+        self.background = find(cfg.background_type)(cfg.background)
+        self.renderer = find(cfg.renderer_type)(
+            cfg.renderer, geometry=self.geometry, material=self.material, background=self.background
+        )
+
+    def _convert_previous_geometry(self) -> Any:
+        from lift3d.systems.stage_chain import load_previous_geometry
+
+        previous = load_previous_geometry(self.cfg.geometry_convert_from)
+        geometry_cfg = OmegaConf.merge(self.cfg.geometry, self.cfg.geometry_convert_override)
+        return find(self.cfg.geometry_type).create_from(
+            previous, geometry_cfg, copy_net=self.cfg.geometry_convert_inherit_texture
+        )
+
+    def build_guidance(self) -> None:
+        """Create the guidance and prompt processor (may load diffusion models); idempotent."""
+        if self.guidance is None:
+            self.prompt_processor = find(self.cfg.prompt_processor_type)(self.cfg.prompt_processor)
+            self.prompt_utils = self.prompt_processor()
+            self.guidance = find(self.cfg.guidance_type)(self.cfg.guidance)
+        self.guidance.to(self.device)
+
+    # ------------------------------------------------------------------ step-dependent values
+    def C(self, value: Any) -> Any:
+        return C(value, self.true_current_epoch, self.true_global_step)
+
+    @property
+    def true_global_step(self) -> int:
+        return int(self.trainer.global_step) if self._trainer is not None else 0
+
+    @property
+    def true_current_epoch(self) -> int:
+        return int(self.trainer.current_epoch) if self._trainer is not None else 0
+
+    def _update_all(self) -> None:
+        epoch, step = self.true_current_epoch, self.true_global_step
+        self.do_update_step(epoch, step)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        dataset = getattr(datamodule, "train_dataset", None)
+        if isinstance(dataset, Updateable):
+            dataset.do_update_step(epoch, step)
+
+    def on_fit_start(self) -> None:
+        self.build_guidance()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._update_all()
+
+    def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._update_all()
+
+    def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._update_all()
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> Any:
+        optimizer = make_optimizer(self, self.cfg.optimizer)
+        if self.cfg.scheduler:
+            return {"optimizer": optimizer, "lr_scheduler": make_scheduler(self.cfg.scheduler, optimizer)}
+        return optimizer
+
+    # ------------------------------------------------------------------ outputs
+    def set_save_dir(self, path: str | Path) -> None:
+        self._save_dir = Path(path)
+
+    def save_path(self, relative: str) -> Path:
+        """`<trial>/save/<relative>`, its parent folder created."""
+        if self._save_dir is None:
+            raise RuntimeError("save dir not set: launch.py sets it with set_save_dir(<trial>/save)")
+        path = self._save_dir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def on_validation_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        if self.cfg.cleanup_after_validation_step:
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    def on_test_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        if self.cfg.cleanup_after_test_step:
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()

@@ -1,0 +1,66 @@
+"""Regenerate the small test meshes shipped in load/shapes/ (z-up, inside a sphere of radius 0.6).
+
+    python load/shapes/make_shapes.py
+
+* capsule_bicolor.ply: a capsule along z, upper half orange, lower half teal (2048 faces).
+* blocks_union.ply: an asymmetric part assembly (overlapping, not boolean-merged): a red box base,
+  a yellow sphere on top and a blue cylinder handle sticking out towards +x; colours differ by part
+  (~1.6k faces).
+Vertex colours are stored per vertex (uint8 RGBA in the PLY).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import trimesh
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _colored(mesh: trimesh.Trimesh, rgb) -> trimesh.Trimesh:
+    rgba = np.array(list(rgb) + [255], dtype=np.uint8)
+    mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=np.tile(rgba, (len(mesh.vertices), 1)))
+    return mesh
+
+
+def capsule_bicolor() -> trimesh.Trimesh:
+    mesh = trimesh.creation.capsule(height=0.6, radius=0.25, count=[32, 32])  # z in [-0.55, 0.55]
+    top = np.array([235, 140, 40, 255], dtype=np.uint8)
+    bottom = np.array([30, 150, 150, 255], dtype=np.uint8)
+    colors = np.where(mesh.vertices[:, 2:3] >= 0.0, top, bottom).astype(np.uint8)
+    mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=colors)
+    return mesh
+
+
+def blocks_union() -> trimesh.Trimesh:
+    box = trimesh.creation.box(extents=[0.5, 0.36, 0.3])
+    box = box.subdivide().subdivide()  # 192 faces, so the base deforms sensibly in tests
+    box.apply_translation([-0.05, 0.0, -0.12])
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.17)
+    sphere.apply_translation([-0.08, 0.0, 0.2])
+    handle = trimesh.creation.cylinder(radius=0.06, height=0.3, sections=32)
+    handle.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 2, [0, 1, 0]))
+    handle.apply_translation([0.32, 0.0, -0.08])
+    parts = [
+        _colored(box, (200, 50, 40)),
+        _colored(sphere, (240, 210, 60)),
+        _colored(handle, (50, 90, 210)),
+    ]
+    return trimesh.util.concatenate(parts)
+
+
+def main() -> None:
+    for name, fn in (("capsule_bicolor.ply", capsule_bicolor), ("blocks_union.ply", blocks_union)):
+        mesh = fn()
+        radius = float(np.linalg.norm(mesh.vertices, axis=1).max())
+        assert radius <= 0.6, (name, radius)
+        path = os.path.join(HERE, name)
+        mesh.export(path, encoding="binary")
+        print(f"{path}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces, "
+              f"radius {radius:.3f}, {os.path.getsize(path)} bytes")
+
+
+if __name__ == "__main__":
+    main()
