@@ -362,7 +362,7 @@ def test_occupancy_grid_state_dict_roundtrip_and_levels():
     one.binary.zero_()
     one.binary[0, 1, 3] = True  # x in [-1, -0.5], y in [-0.5, 0], z in [0.5, 1]
     pts = torch.tensor([[-0.75, -0.25, 0.75], [0.75, -0.25, -0.75], [-0.25, -0.75, 0.75],
-                        [-0.75, 0.75, -0.25], [-1.0, 0.0, 1.0], [-1.01, -0.25, 0.75]])
+                        [-0.75, 0.75, -0.25], [-1.0, -0.5, 1.0], [-1.01, -0.25, 0.75]])
     assert one.query(pts).tolist() == [True, False, False, False, True, False]
 
     ml = OccupancyGrid(AABB, resolution=4, levels=3)

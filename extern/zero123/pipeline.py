@@ -12,8 +12,8 @@ Folder layout (as the published zero123-xl diffusers folders, e.g. bennyguo/zero
 
 The published model_index.json names the projection's library "zero123", a module no installed package
 provides (stock diffusers refuses such folders: "clip_camera_projection/zero123.py ... does not
-exist"). `Zero123Pipeline.from_pretrained` therefore loads that component itself with `CCProjection`
-and hands everything else to diffusers.
+exist"). `Zero123Pipeline` therefore reads a local snapshot of the folder and points that entry at
+`CCProjection` before diffusers loads the components.
 
 Conditioning (what the UNet sees):
     context  = clip_camera_projection(concat(CLIP image embedding [B,1,D], camera [B,1,4]))  [B,1,D]
@@ -24,7 +24,6 @@ Conditioning (what the UNet sees):
 from __future__ import annotations
 
 import inspect
-import json
 import os
 from typing import Optional, Union
 
@@ -69,6 +68,7 @@ class CCProjection(ModelMixin, ConfigMixin):
 
 # The class name the published model_index.json / config.json use.
 CLIPCameraProjection = CCProjection
+_PROJECTION_CLASS_NAMES = ("CLIPCameraProjection", "CCProjection")
 
 
 def _size_hw(size) -> tuple[int, int]:
@@ -138,15 +138,27 @@ class Zero123Pipeline(DiffusionPipeline):
         else:
             for key in ("local_files_only", "cache_dir", "revision", "token"):
                 kwargs.pop(key, None)
-        if PROJECTION_COMPONENT not in kwargs:
-            with open(os.path.join(folder, "model_index.json"), encoding="utf-8") as f:
-                index = json.load(f)
-            entry = index.get(PROJECTION_COMPONENT)
-            if entry is not None and entry[0] is not None:
-                dtype = kwargs.get("torch_dtype", kwargs.get("dtype"))
-                proj = CCProjection.from_pretrained(folder, subfolder=PROJECTION_COMPONENT)
-                kwargs[PROJECTION_COMPONENT] = proj.to(dtype) if dtype is not None else proj
         return super().from_pretrained(folder, **kwargs)
+
+    @classmethod
+    def load_config(cls, *args, **kwargs):
+        """model_index.json, with the camera projection's entry pointed at `CCProjection`.
+
+        The published folders write ["zero123", "CLIPCameraProjection"] (a module nothing installs);
+        diffusers then refuses the folder. Any entry naming one of the projection classes is rewritten
+        to this module, which diffusers resolves because it is already imported.
+        """
+        loaded = super().load_config(*args, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        for name, value in list(config.items()):
+            if (
+                isinstance(value, (list, tuple))
+                and len(value) == 2
+                and value[1] in _PROJECTION_CLASS_NAMES
+                and value[0] != CCProjection.__module__
+            ):
+                config[name] = [CCProjection.__module__, CCProjection.__name__]
+        return loaded
 
     # ------------------------------------------------------------------ building blocks
     @property

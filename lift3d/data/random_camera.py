@@ -106,9 +106,17 @@ def _fail(key: str, problem: str, fix: str) -> None:
     raise ConfigError(f"{key} {problem}: {fix}")
 
 
+def _as_list(value: Any) -> Optional[list]:
+    """`value` as a Python list when it is a list/tuple (plain or OmegaConf), else None."""
+    if isinstance(value, (str, bytes, dict, DictConfig)) or not hasattr(value, "__len__"):
+        return None
+    return list(value)
+
+
 def _int_list(value: Any, key: str) -> List[int]:
     """`value` as a non-empty list of positive ints (an int becomes a one-element list)."""
-    items = list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
+    items = _as_list(value)
+    items = [value] if items is None else items
     if not items:
         _fail(key, "is an empty list", "give a positive int or a list of positive ints, one per resolution stage")
     for item in items:
@@ -118,9 +126,10 @@ def _int_list(value: Any, key: str) -> List[int]:
 
 
 def _show(value: Any) -> str:
-    if isinstance(value, (ListConfig, DictConfig)):
+    if isinstance(value, DictConfig):
         return str(OmegaConf.to_container(value))
-    return str(list(value)) if isinstance(value, tuple) else str(value)
+    items = _as_list(value)
+    return str(value) if items is None else str(items)
 
 
 def check_range(
@@ -130,7 +139,7 @@ def check_range(
     """Check that cfg.<name> is an ordered pair [low, high] within [lo, hi] (or > 0)."""
     key = f"{path}.{name}"
     value = cfg[name]
-    items = list(value) if isinstance(value, (list, tuple, ListConfig)) else None
+    items = _as_list(value)
     hint = f"give [low, high]{', e.g. ' + example if example else ''}"
     if items is None or len(items) != 2:
         _fail(key, f"= {_show(value)} is not a pair", hint)
@@ -282,12 +291,15 @@ class RandomCameraIterableDataset(IterableDataset, Updateable):
     Other data modules reuse it (e.g. `single-image-datamodule` for `batch["random_camera"]`).
     """
 
-    def __init__(self, cfg: Any, seed_offset: int = 0, path: str = "data") -> None:
+    def __init__(self, cfg: Any, path: str = "data", default_seed: Optional[int] = None) -> None:
+        """cfg: a RandomCameraDataModuleConfig mapping; `path` names it in errors. The generator
+        is seeded with cfg.seed, else `default_seed`, else torch.initial_seed()."""
         super().__init__()
         self.cfg = _as_config(cfg, path, "data module 'random-camera-datamodule'")
         stages, self.resolution_milestones = resolution_stages(self.cfg, path)
         self.heights, self.widths, self.batch_sizes = stages["height"], stages["width"], stages["batch_size"]
-        self.generator = torch.Generator().manual_seed(resolve_seed(self.cfg.seed, seed_offset))
+        seed = self.cfg.seed if self.cfg.seed is not None else default_seed
+        self.generator = torch.Generator().manual_seed(resolve_seed(seed))
         self.stage = -1
         self._set_stage(0)
         self.elevation_range: Tuple[float, float] = tuple(self.cfg.elevation_range)

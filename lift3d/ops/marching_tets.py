@@ -20,7 +20,6 @@ below from a reference tet rather than written out by hand.
 """
 from __future__ import annotations
 
-import itertools
 from typing import List, Tuple
 
 import torch

@@ -1,0 +1,239 @@
+"""Finding pretrained model folders before anything is loaded (DESIGN.md "Models and weights").
+
+`resolve_pretrained` turns a config value (`pretrained_model_name_or_path`: a local folder or a
+Hugging Face id) into something `from_pretrained` can load without surprises, or fails at once with
+ONE message that says what was looked for, where, and how to provide it. It never hangs on the
+network: the local folder and the local HF cache are checked first; the Hub is only asked when the
+environment is not offline (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE / DIFFUSERS_OFFLINE), after a
+connectivity probe with a short timeout, and every network step runs under a deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import threading
+from typing import Callable, Optional, Sequence, TypeVar
+from urllib.parse import urlparse
+
+T = TypeVar("T")
+
+_OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DIFFUSERS_OFFLINE")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
+
+
+class ModelNotFoundError(ValueError):
+    """A pretrained model could not be found locally (or on the Hub when online)."""
+
+
+def offline_from_env() -> Optional[str]:
+    """Name of the first env variable that puts Hugging Face libraries offline, or None."""
+    for var in _OFFLINE_VARS:
+        if os.environ.get(var, "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+            return var
+    return None
+
+
+def _looks_like_repo_id(name: str) -> bool:
+    return bool(_REPO_ID.match(name)) and "--" not in name and ".." not in name
+
+
+def _hf_cache_dir(cache_dir: Optional[str]) -> str:
+    if cache_dir:
+        return os.path.abspath(os.path.expanduser(cache_dir))
+    env = os.environ.get("HF_HUB_CACHE")
+    if env:
+        return os.path.abspath(os.path.expanduser(env))
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.path.abspath(os.path.expanduser(os.environ["HF_HOME"])), "hub")
+    try:
+        from huggingface_hub import constants
+
+        return constants.HF_HUB_CACHE
+    except Exception:  # pragma: no cover - huggingface_hub is a dependency of diffusers
+        return os.path.expanduser("~/.cache/huggingface/hub")
+
+
+def _with_deadline(fn: Callable[[], T], timeout_s: float) -> T:
+    """Runs fn in a daemon thread; raises TimeoutError if it has not returned after timeout_s."""
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise TimeoutError(f"no answer within {timeout_s:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _hub_endpoint() -> str:
+    endpoint = os.environ.get("HF_ENDPOINT")
+    if not endpoint:
+        try:
+            from huggingface_hub import constants
+
+            endpoint = constants.ENDPOINT
+        except Exception:  # pragma: no cover
+            endpoint = "https://huggingface.co"
+    return endpoint.rstrip("/")
+
+
+def _probe_host(endpoint: str) -> tuple[str, int]:
+    """(host, port) to test: the HTTPS proxy when one is configured, else the Hub endpoint."""
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        proxy = os.environ.get(var)
+        if proxy:
+            parsed = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+            if parsed.hostname:
+                return parsed.hostname, parsed.port or 80
+    parsed = urlparse(endpoint)
+    return parsed.hostname or "huggingface.co", parsed.port or (443 if parsed.scheme != "http" else 80)
+
+
+def _hub_reachable(endpoint: str, timeout_s: float) -> Optional[str]:
+    """None when a TCP connection to the Hub (or proxy) opens within timeout_s, else the reason."""
+    host, port = _probe_host(endpoint)
+
+    def connect():
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+
+    try:
+        _with_deadline(connect, timeout_s)
+        return None
+    except Exception as exc:  # DNS failure, refused, timeout
+        return f"cannot reach {host}:{port} ({exc.__class__.__name__}: {exc})"
+
+
+def _missing(folder: str, required_files: Sequence[str]) -> list[str]:
+    return [f for f in required_files if not os.path.exists(os.path.join(folder, f))]
+
+
+def _tiny_kind(what: str, required_files: Sequence[str]) -> Optional[str]:
+    low = what.lower()
+    if "zero123" in low or "zero-1-to-3" in low:
+        return "zero123"
+    if "stable diffusion" in low or "stable-diffusion" in low or "model_index.json" in required_files:
+        return "sd"
+    return None
+
+
+def _config_key(what: str) -> Optional[str]:
+    match = re.search(r"\bfor\s+([A-Za-z_][\w.\-]*)\s*$", what)
+    return match.group(1) if match else None
+
+
+def _error(name: str, what: str, required_files: Sequence[str], looked: list[str]) -> ModelNotFoundError:
+    key = _config_key(what)
+    kind = _tiny_kind(what, required_files)
+    files = ", ".join(required_files) if required_files else "the model files"
+    how = []
+    if _looks_like_repo_id(name):
+        how.append(
+            f"on a machine with internet run `hf download {name}` (older huggingface_hub: "
+            f"`huggingface-cli download {name}`) and copy its Hugging Face cache here, or add "
+            f"`--local-dir DIR` and use DIR"
+        )
+    how.append(
+        (f"set {key}=/path/to/folder" if key else "point the config value at a local folder")
+        + f" (a folder holding {files})"
+    )
+    tiny = f"--kind {kind}" if kind else "--kind sd|zero123"
+    how.append(f"for tests and dry runs make a tiny random model: `python -m lift3d.models.tiny_factory --out DIR {tiny}`")
+    lines = [f"{what}: model {name!r} not found.", "Looked in:"]
+    lines += [f"  - {item}" for item in looked]
+    lines.append("To provide it:")
+    lines += [f"  - {item}" for item in how]
+    return ModelNotFoundError("\n".join(lines))
+
+
+def resolve_pretrained(
+    name_or_path: str,
+    what: str,
+    required_files: Sequence[str] = ("model_index.json",),
+    *,
+    cache_dir: Optional[str] = None,
+    revision: Optional[str] = None,
+    network_timeout_s: float = 3.0,
+) -> str:
+    """Returns a loadable `pretrained_model_name_or_path` for `name_or_path`, or raises ModelNotFoundError.
+
+    what: who needs it, for the message, e.g. "Stable Diffusion for system.guidance.pretrained_model_name_or_path".
+    required_files: paths relative to the model folder that must exist (e.g. "model_index.json",
+        "unet/config.json"); an empty tuple only checks that the folder / repo exists.
+
+    Order: an existing local folder -> its absolute path; a Hub id in the local HF cache -> the cached
+    snapshot folder (so later loading needs no network); otherwise, only when not offline and the Hub
+    answers within `network_timeout_s`, a Hub id holding the required files -> the id itself (the
+    caller's from_pretrained downloads it). Never blocks on the network for longer than a few timeouts.
+    """
+    name = os.fspath(name_or_path).strip()
+    required_files = tuple(required_files)
+    looked: list[str] = []
+    local = os.path.abspath(os.path.expanduser(name)) if name else os.getcwd()
+
+    if name and os.path.isdir(local):
+        missing = _missing(local, required_files)
+        if not missing:
+            return local
+        looked.append(f"local folder {local}: exists but lacks {', '.join(missing)}")
+        raise _error(name, what, required_files, looked)
+    if name and os.path.exists(local):
+        looked.append(f"local path {local}: is a file, expected a model folder")
+        raise _error(name, what, required_files, looked)
+    looked.append(f"local folder {local}: does not exist")
+    if not _looks_like_repo_id(name):
+        raise _error(name, what, required_files, looked)
+
+    # A Hugging Face id: the local cache first, never the network.
+    cache = _hf_cache_dir(cache_dir)
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot = snapshot_download(name, cache_dir=cache, revision=revision, local_files_only=True)
+        missing = _missing(snapshot, required_files)
+        if not missing:
+            return snapshot
+        looked.append(f"Hugging Face cache {cache}: snapshot {snapshot} lacks {', '.join(missing)}")
+    except Exception as exc:  # LocalEntryNotFoundError, validation errors, missing package
+        looked.append(f"Hugging Face cache {cache}: not cached ({exc.__class__.__name__})")
+
+    offline_var = offline_from_env()
+    endpoint = _hub_endpoint()
+    if offline_var:
+        looked.append(f"the Hub ({endpoint}): not asked, {offline_var}={os.environ[offline_var]}")
+        raise _error(name, what, required_files, looked)
+    unreachable = _hub_reachable(endpoint, network_timeout_s)
+    if unreachable:
+        looked.append(f"the Hub ({endpoint}): {unreachable}")
+        raise _error(name, what, required_files, looked)
+
+    def ask_hub() -> Optional[str]:
+        from huggingface_hub import HfApi
+
+        api = HfApi(endpoint=endpoint)
+        if not api.repo_exists(name, revision=revision):
+            return "no such repository (or it is private / gated: run `hf auth login`)"
+        absent = [f for f in required_files if not api.file_exists(name, f, revision=revision)]
+        return f"repository lacks {', '.join(absent)}" if absent else None
+
+    try:
+        problem = _with_deadline(ask_hub, max(network_timeout_s, 1.0) * 5)
+    except Exception as exc:
+        problem = f"request failed ({exc.__class__.__name__}: {exc})"
+    if problem is None:
+        return name
+    looked.append(f"the Hub ({endpoint}): {problem}")
+    raise _error(name, what, required_files, looked)
+
+
+__all__ = ["ModelNotFoundError", "resolve_pretrained", "offline_from_env"]

@@ -1,0 +1,73 @@
+"""Bad input fails before any work starts, with a message naming the problem and the fix."""
+import subprocess
+import sys
+import time
+
+import pytest
+
+import launch
+
+CONFIG = "configs/reconstruct-nerf.yaml"
+
+
+def run_launch(capsys, tmp_path, *extra):
+    code = launch.main(["--config", CONFIG, "--train", f"exp_root_dir={tmp_path}", *extra])
+    err = capsys.readouterr().err
+    return code, err
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        # unknown key: names the key, the component and the valid keys
+        ("system.geometry.density_biass=1.0",
+         ["system.geometry.density_biass", "geometry 'implicit-volume'", "Did you mean: density_bias", "Valid keys:"]),
+        ("system.renderer.num_sample_per_ray=8",
+         ["system.renderer.num_sample_per_ray", "renderer 'nerf-volume-renderer'", "num_samples_per_ray"]),
+        ("data.random_thing=1", ["data.random_thing", "random-camera-datamodule"]),
+        ("trainer.max_step=3", ["trainer.max_step", "Trainer", "max_steps"]),
+        ("system.loss.lambda_sparsty=1", ["system.loss.lambda_sparsty", "lambda_sparsity"]),
+        # unknown registered name: suggests close names
+        ("system.geometry_type=implicit-volum", ["unknown registered name 'implicit-volum'", "implicit-volume"]),
+        ("system.material_type=no-materal", ["no-material"]),
+        # missing files
+        ("system.guidance.mesh_path=load/shapes/nope.ply", ["system.guidance.mesh_path", "nope.ply", "does not exist"]),
+        ("system.geometry_convert_from=outputs/none/ckpts/last.ckpt", ["geometry_convert_from", "does not exist"]),
+        ("resume=outputs/none/ckpts/last.ckpt", ["resume", "does not exist"]),
+        # bad override syntax
+        ("trainer.max_steps", ["bad override", "key=value"]),
+        # a wrong type
+        ("system.renderer.num_samples_per_ray=lots", ["system.renderer.num_samples_per_ray"]),
+    ],
+)
+def test_error_before_work(capsys, tmp_path, override, expected):
+    code, err = run_launch(capsys, tmp_path, override)
+    assert code == 2, err
+    for piece in expected:
+        assert piece in err, f"{piece!r} not in {err!r}"
+    # nothing was started: no trial folder was written
+    assert not any(tmp_path.iterdir())
+
+
+def test_missing_config_file(capsys, tmp_path):
+    code = launch.main(["--config", str(tmp_path / "missing.yaml"), "--train"])
+    err = capsys.readouterr().err
+    assert code == 2 and "missing.yaml" in err and "--config" in err
+
+
+def test_eval_modes_need_a_checkpoint(capsys, tmp_path):
+    code = launch.main(["--config", CONFIG, "--export", f"exp_root_dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "resume=" in err
+
+
+def test_cli_error_is_fast_and_clean(tmp_path):
+    """Through a real process: exit code 2, one line naming the key, no traceback."""
+    start = time.time()
+    proc = subprocess.run(
+        [sys.executable, "launch.py", "--config", CONFIG, "--train", "system.geometry.foo=1", f"exp_root_dir={tmp_path}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "system.geometry.foo" in proc.stderr and "Traceback" not in proc.stderr
+    assert time.time() - start < 60
