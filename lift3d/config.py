@@ -177,7 +177,7 @@ def parse_structured(cls: type, cfg: Any = None, path: str = "", component: str 
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", "") or ""
         where = f"{path}.{key}" if path and key else (path or key)
-        msg = getattr(exc, "msg", str(exc)).splitlines()[0]
+        msg = (getattr(exc, "msg", None) or str(exc)).splitlines()[0]
         raise ConfigError(f"invalid value for '{where}' of {component}: {msg}") from None
 
 

@@ -16,9 +16,11 @@ from lift3d.networks.encodings import (
     ProgressiveBandFrequency,
     SphericalHarmonicsEncoding,
     get_encoding,
+    validate_encoding_config,
 )
+from lift3d.errors import ConfigError
 from lift3d.networks.hashgrid import HashGridEncoding, ProgressiveBandHashGrid
-from lift3d.networks.mlp import get_activation, get_mlp, trunc_exp
+from lift3d.networks.mlp import get_activation, get_mlp, trunc_exp, validate_mlp_config
 
 # ---------------------------------------------------------------- frequency
 
@@ -108,13 +110,14 @@ def test_sh_orthonormal_on_sphere(degree: int) -> None:
     torch.testing.assert_close(gram, torch.eye(degree**2, dtype=torch.float64), rtol=0, atol=1e-12)
 
 
-def test_sh_unit_cube_input_and_factory() -> None:
+def test_sh_input_ranges_and_factory() -> None:
     d = F.normalize(torch.randn(10, 3, dtype=torch.float64), dim=-1)
     expected = tcnn_sh_degree4(d)[:, :9]
+    # tcnn-style input in [0, 1]
     torch.testing.assert_close(SphericalHarmonicsEncoding(degree=3, unit_cube_input=True)((d + 1) / 2), expected)
-    enc = get_encoding(3, {"otype": "SphericalHarmonics", "degree": 3})  # tcnn: inputs in [0, 1]
+    enc = get_encoding(3, {"otype": "SphericalHarmonics", "degree": 3})  # lift3d: directions in [-1, 1]
     assert enc.n_output_dims == 9
-    torch.testing.assert_close(enc((d + 1) / 2), expected)
+    torch.testing.assert_close(enc(d), expected)
 
 
 # ---------------------------------------------------------------- composite / factory
@@ -170,13 +173,15 @@ def test_get_encoding_propagates_update_step() -> None:
 
 
 def test_get_encoding_rejects_bad_configs() -> None:
-    with pytest.raises(ValueError, match="n_frequncies") as err:
+    with pytest.raises(ConfigError, match="n_frequncies") as err:
         get_encoding(3, {"otype": "Frequency", "n_frequncies": 4})
-    assert "n_frequencies" in str(err.value) and "Frequency" in str(err.value)
-    with pytest.raises(ValueError, match="HashGrid"):
-        get_encoding(3, {"otype": "HashGird"})
-    with pytest.raises(ValueError, match="interpolation"):
+    assert "Did you mean: n_frequencies" in str(err.value) and "'Frequency'" in str(err.value)
+    with pytest.raises(ConfigError, match="Did you mean: HashGrid"):
+        validate_encoding_config({"otype": "HashGird"})  # checks without building
+    with pytest.raises(ConfigError, match="interpolation"):
         get_encoding(3, {"otype": "HashGrid", "interpolation": "Smoothstep"})
+    with pytest.raises(ConfigError, match="degree"):
+        get_encoding(3, {"otype": "SphericalHarmonics", "degree": 9})
 
 
 # ---------------------------------------------------------------- MLP
@@ -205,10 +210,12 @@ def test_mlp_output_activation_and_bad_keys() -> None:
     mlp = get_mlp(3, 2, {"otype": "VanillaMLP", "activation": "ReLU", "output_activation": "sigmoid", "n_neurons": 8, "n_hidden_layers": 1})
     x = torch.randn(4, 3)
     torch.testing.assert_close(mlp(x), torch.sigmoid(mlp.layers(x)))
-    with pytest.raises(ValueError, match="sphere_init"):
+    with pytest.raises(ConfigError, match="sphere_init"):
         get_mlp(3, 2, {"otype": "VanillaMLP", "n_neurons": 8, "n_hidden_layers": 1, "sphere_init": True})
-    with pytest.raises(ValueError, match="CutlassMLP"):
-        get_mlp(3, 2, {"otype": "CutlassMLP"})
+    with pytest.raises(ConfigError, match="CutlassMLP"):
+        validate_mlp_config({"otype": "CutlassMLP"})
+    with pytest.raises(ConfigError, match="Swish"):
+        get_mlp(3, 2, {"otype": "VanillaMLP", "activation": "Swish"})
 
 
 # ---------------------------------------------------------------- activations
@@ -230,7 +237,7 @@ def test_activation_values() -> None:
         torch.testing.assert_close(get_activation(name)(x), value, msg=name)
     torch.testing.assert_close(get_activation(None)(x), x)
     torch.testing.assert_close(get_activation("Sigmoid")(x), expected["sigmoid"])
-    with pytest.raises(ValueError, match="trunc_exp"):
+    with pytest.raises(ConfigError, match="trunc_exp"):
         get_activation("trunk_exp")
 
 

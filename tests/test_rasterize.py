@@ -297,7 +297,7 @@ def test_antialias_silhouette_gradient_matches_finite_differences(perspective_w)
     # area of the projected triangle in pixels and its analytic derivative w.r.t. vertex 2's NDC xy
     s = ndc * torch.tensor([W / 2, H / 2], dtype=torch.float64)
     area = 0.5 * abs(float((s[1, 0] - s[0, 0]) * (s[2, 1] - s[0, 1]) - (s[1, 1] - s[0, 1]) * (s[2, 0] - s[0, 0])))
-    assert abs(float(S) - area) < 0.01 * area  # the antialiased mask sum approximates the true area
+    assert abs(S.item() - area) < 0.01 * area  # the antialiased mask sum approximates the true area
     for k, size in ((0, W / 2), (1, H / 2)):
         g = float(grad[2, k])
         assert abs(g) > 1.0, g  # non-zero (units: pixels^2 per clip unit)
@@ -355,7 +355,24 @@ def test_antialias_gradcheck_fixed_coverage():
     p = pos.clone().requires_grad_(True)
     out = antialias(color, rast, p, tri)
     assert (out - color).abs().max() > 1e-3
-    assert torch.autograd.gradcheck(lambda c, q: antialias(c, rast, q, tri), (color, p), eps=1e-7, atol=1e-6)
+    assert torch.autograd.gradcheck(
+        lambda c, q: antialias(c, rast, q, tri), (color, p), eps=1e-7, atol=1e-6, fast_mode=True
+    )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu():
+    v, f = torus(40, 20)
+    mvp = (perspective(50, 1.0, 0.1, 10.0) @ look_at((1.2, 0.9, 0.8))).float()[None]
+    res = {}
+    for dev in ("cpu", "cuda"):
+        vv = v.to(dev).requires_grad_(True)
+        out = render_mesh_attributes(vv, f.to(dev), mvp.to(dev), 64, 64, {"p": vv})
+        (out["mask"].sum() + out["p"].square().sum()).backward()
+        res[dev] = (out["rast"].cpu(), out["mask"].detach().cpu(), vv.grad.cpu())
+    assert torch.equal(res["cpu"][0][..., 3], res["cuda"][0][..., 3])
+    torch.testing.assert_close(res["cpu"][1], res["cuda"][1], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(res["cpu"][2], res["cuda"][2], atol=1e-3, rtol=1e-3)
 
 
 # ------------------------------------------------------------------------ render_mesh_attributes
@@ -452,20 +469,25 @@ def benchmark(resolutions=((512, 512),), sizes=((100, 50), (250, 200)), repeats:
             v, f = torus(nu, nv)
             pos = torch.cat([v, torch.ones(len(v), 1)], 1) @ mvp[0].T
             rasterize(pos, f, (H, W))  # warm up
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(repeats):
                 rast = rasterize(pos, f, (H, W))
             t_rast = (time.perf_counter() - t0) / repeats
-            t0 = time.perf_counter()
+            c_rast = (time.process_time() - c0) / repeats
+            t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(repeats):
                 vv = v.clone().requires_grad_(True)
                 out = render_mesh_attributes(vv, f, mvp, H, W, {"pos": vv})
                 (out["mask"].sum() + out["pos"].sum()).backward()
             t_full = (time.perf_counter() - t0) / repeats
+            c_full = (time.process_time() - c0) / repeats
             cover = float((rast[..., 3] > 0).float().mean())
-            print(f"{H}x{W}, {f.shape[0]:>6} triangles (coverage {cover:.2f}): rasterize {t_rast*1e3:7.1f} ms, "
-                  f"render+antialias+interpolate fwd+bwd {t_full*1e3:7.1f} ms")
+            print(f"{H}x{W}, {f.shape[0]:>6} triangles (coverage {cover:.2f}): "
+                  f"rasterize {t_rast*1e3:7.1f} ms wall / {c_rast*1e3:7.1f} ms cpu; "
+                  f"render (rasterize+antialias mask+interpolate) fwd+bwd {t_full*1e3:7.1f} ms wall / {c_full*1e3:7.1f} ms cpu")
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 1:  # e.g. `python tests/test_rasterize.py 1` for a single-thread figure
+        torch.set_num_threads(int(sys.argv[1]))
     benchmark()

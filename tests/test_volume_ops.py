@@ -254,7 +254,7 @@ def _conservative_sphere_grid(radius, res=32, center=OFF_CENTER):
 
 
 def test_march_rays_skipping_matches_dense_rendering():
-    radius, n = 0.45, 1024
+    radius, n = 0.45, 512
     grid = _conservative_sphere_grid(radius)
     assert 0.0 < grid.occupied_fraction() < 0.2
     o, d = _rays_at_box(n, seed=7)

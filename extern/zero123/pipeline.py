@@ -90,6 +90,25 @@ def _env_offline() -> bool:
     )
 
 
+def zero123_model_index() -> dict:
+    """model_index.json of a zero123 diffusers folder, as the published zero123-xl folders write it."""
+    import diffusers
+
+    return {
+        "_class_name": "Zero123Pipeline",
+        "_diffusers_version": diffusers.__version__,
+        # The published folders name a module "zero123" here; Zero123Pipeline.load_config copes.
+        PROJECTION_COMPONENT: ["zero123", "CLIPCameraProjection"],
+        "feature_extractor": ["transformers", "CLIPImageProcessor"],
+        "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
+        "requires_safety_checker": False,
+        "safety_checker": [None, None],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+
+
 class Zero123Pipeline(DiffusionPipeline):
     """Zero-1-to-3 novel-view diffusion: building blocks for score distillation plus DDIM sampling."""
 
@@ -300,4 +319,4 @@ class Zero123Pipeline(DiffusionPipeline):
         return ImagePipelineOutput(images=images)
 
 
-__all__ = ["CCProjection", "CLIPCameraProjection", "Zero123Pipeline", "PROJECTION_COMPONENT"]
+__all__ = ["CCProjection", "CLIPCameraProjection", "Zero123Pipeline", "PROJECTION_COMPONENT", "zero123_model_index"]

@@ -128,22 +128,26 @@ def get_ray_directions(
     W: int,
     focal: Union[Number, Tuple[Number, Number], Tensor],
     principal: Optional[Tuple[Number, Number]] = None,
+    device: Optional[Union[str, torch.device]] = None,
 ) -> Tensor:
     """Camera-space directions through pixel centres (x right, y up, z = -1), not normalised.
 
     focal: one focal length in pixels, a pair (fx, fy), or a tensor [B] of per-camera focals;
-    principal: (cx, cy) in pixels measured from the top-left corner (default (W / 2, H / 2)).
+    principal: (cx, cy) in pixels measured from the top-left corner (default (W / 2, H / 2));
+    device: where to build the result (default: the focal tensor's device, else CPU).
     Returns [H, W, 3] (or [B, H, W, 3] for a tensor focal); entry [i, j] (row i from the top,
     column j from the left) is ``((j + 0.5 - cx) / fx, -(i + 0.5 - cy) / fy, -1)``.
     """
+    if device is None and isinstance(focal, Tensor):
+        device = focal.device
     cx, cy = (W / 2.0, H / 2.0) if principal is None else principal
-    j = torch.arange(W, dtype=torch.float32) + 0.5  # [W]
-    i = torch.arange(H, dtype=torch.float32) + 0.5  # [H]
+    j = torch.arange(W, dtype=torch.float32, device=device) + 0.5  # [W]
+    i = torch.arange(H, dtype=torch.float32, device=device) + 0.5  # [H]
     x = (j - cx)[None, :].expand(H, W)  # [H, W]
     y = -(i - cy)[:, None].expand(H, W)
-    z = -torch.ones(H, W)
+    z = -torch.ones(H, W, device=device)
     if isinstance(focal, Tensor) and focal.dim() > 0:
-        f = focal.float()[:, None, None]  # [B, 1, 1]
+        f = focal.float().to(device)[:, None, None]  # [B, 1, 1]
         x, y = x[None] / f, y[None] / f
         return torch.stack([x, y, z[None].expand_as(x)], dim=-1)  # [B, H, W, 3]
     if isinstance(focal, (tuple, list)):

@@ -42,7 +42,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
@@ -80,15 +80,17 @@ class RandomCameraDataModuleConfig:
     eval_batch_size: int = 1
     n_val_views: int = 1
     n_test_views: int = 120
-    elevation_range: Tuple[float, float] = (-10.0, 90.0)  # degrees
-    azimuth_range: Tuple[float, float] = (-180.0, 180.0)  # degrees
-    camera_distance_range: Tuple[float, float] = (1.0, 1.5)
-    fovy_range: Tuple[float, float] = (40.0, 70.0)  # degrees, vertical (along height)
+    # ranges are [low, high] pairs (List rather than threestudio's Tuple, so that validate_config
+    # can explain a wrong length); angles in degrees
+    elevation_range: List[float] = field(default_factory=lambda: [-10.0, 90.0])  # degrees
+    azimuth_range: List[float] = field(default_factory=lambda: [-180.0, 180.0])  # degrees
+    camera_distance_range: List[float] = field(default_factory=lambda: [1.0, 1.5])
+    fovy_range: List[float] = field(default_factory=lambda: [40.0, 70.0])  # degrees, vertical (along height)
     camera_perturb: float = 0.1
     center_perturb: float = 0.2
     up_perturb: float = 0.02
     light_position_perturb: float = 1.0
-    light_distance_range: Tuple[float, float] = (0.8, 1.5)
+    light_distance_range: List[float] = field(default_factory=lambda: [0.8, 1.5])
     eval_elevation_deg: float = 15.0
     eval_camera_distance: float = 1.5
     eval_fovy_deg: float = 70.0

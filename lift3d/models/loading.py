@@ -111,7 +111,15 @@ def _hub_reachable(endpoint: str, timeout_s: float) -> Optional[str]:
         _with_deadline(connect, timeout_s)
         return None
     except Exception as exc:  # DNS failure, refused, timeout
-        return f"cannot reach {host}:{port} ({exc.__class__.__name__}: {exc})"
+        return f"cannot reach {host}:{port} ({_describe(exc)})"
+
+
+def _describe(exc: BaseException, limit: int = 160) -> str:
+    """One-line 'Type: message' of an exception, shortened."""
+    text = " ".join(str(exc).split())
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
 
 
 def _missing(folder: str, required_files: Sequence[str]) -> list[str]:
@@ -149,7 +157,7 @@ def _error(name: str, what: str, required_files: Sequence[str], looked: list[str
     )
     tiny = f"--kind {kind}" if kind else "--kind sd|zero123"
     how.append(f"for tests and dry runs make a tiny random model: `python -m lift3d.models.tiny_factory --out DIR {tiny}`")
-    lines = [f"{what}: model {name!r} not found.", "Looked in:"]
+    lines = [f"{what}: no usable model found for {name!r}.", "Looked in:"]
     lines += [f"  - {item}" for item in looked]
     lines.append("To provide it:")
     lines += [f"  - {item}" for item in how]
@@ -221,15 +229,15 @@ def resolve_pretrained(
         from huggingface_hub import HfApi
 
         api = HfApi(endpoint=endpoint)
-        if not api.repo_exists(name, revision=revision):
+        if not api.repo_exists(name):
             return "no such repository (or it is private / gated: run `hf auth login`)"
         absent = [f for f in required_files if not api.file_exists(name, f, revision=revision)]
         return f"repository lacks {', '.join(absent)}" if absent else None
 
     try:
-        problem = _with_deadline(ask_hub, max(network_timeout_s, 1.0) * 5)
+        problem = _with_deadline(ask_hub, network_timeout_s * 5)
     except Exception as exc:
-        problem = f"request failed ({exc.__class__.__name__}: {exc})"
+        problem = f"request failed ({_describe(exc)})"
     if problem is None:
         return name
     looked.append(f"the Hub ({endpoint}): {problem}")

@@ -45,7 +45,7 @@ TINY_IMAGE_SIZE = 64  # image side that maps to the UNets' sample_size (8) throu
 _VOCAB_WORDS = """
 a an the of on in at to with and or is are by for from as its it this that near under over
 photo photograph picture image render rendering dslr zoomed out view front side back overhead
-top bottom left right high quality detailed highly realistic photorealistic beautiful 3d model
+top bottom left right high quality detailed highly realistic photorealistic beautiful model
 object toy small large big red green blue yellow white black orange purple pink brown gray wooden
 metal glass plastic stone hamburger pineapple car chair table dog cat bird horse teddy bear robot
 house tree flower cake cup mug lamp shoe hat castle ship boat plane bunny rabbit frog fox owl
@@ -69,28 +69,38 @@ def _bytes_to_unicode() -> dict[int, str]:
     return table
 
 
+def _apply_bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Greedy BPE: merge the lowest-ranked adjacent pair until none is in `ranks`."""
+    while len(symbols) > 1:
+        rank, i = min((ranks.get(pair, len(ranks)), i) for i, pair in enumerate(zip(symbols, symbols[1:])))
+        if rank == len(ranks):
+            break
+        symbols = symbols[:i] + [symbols[i] + symbols[i + 1]] + symbols[i + 2 :]
+    return symbols
+
+
 def build_tiny_clip_vocab(words=_VOCAB_WORDS) -> tuple[dict[str, int], list[str]]:
     """A CLIP-style BPE vocab (token -> id) and merge list covering every byte plus `words`.
 
     Layout as CLIP's: 256 byte characters, the same with the end-of-word marker `</w>`, the merge
     results, then <|startoftext|> and <|endoftext|> last. Every merge result is in the vocab, so
-    any text tokenizes (unknown words fall back to single characters).
+    any text tokenizes (unknown words fall back to single characters or known pieces). Each word
+    is first split with the merges made so far, then its pieces are joined left to right by new
+    (lower-priority) merges, so every listed word ends up as one token.
     """
     chars = list(_bytes_to_unicode().values())
     vocab_list = chars + [c + "</w>" for c in chars]
-    merges: list[str] = []
-    seen_merges = set()
+    ranks: dict[tuple[str, str], int] = {}
     for word in dict.fromkeys(words):
-        symbols = list(word[:-1]) + [word[-1] + "</w>"]
-        merged = symbols[0]
-        for sym in symbols[1:]:
-            pair = f"{merged} {sym}"
-            merged = merged + sym
-            if pair not in seen_merges:
-                seen_merges.add(pair)
-                merges.append(pair)
-                vocab_list.append(merged)
+        pieces = _apply_bpe(list(word[:-1]) + [word[-1] + "</w>"], ranks)
+        merged = pieces[0]
+        for piece in pieces[1:]:
+            if (merged, piece) not in ranks:
+                ranks[(merged, piece)] = len(ranks)
+                vocab_list.append(merged + piece)
+            merged += piece
     vocab_list = list(dict.fromkeys(vocab_list)) + ["<|startoftext|>", "<|endoftext|>"]
+    merges = [f"{a} {b}" for (a, b), _ in sorted(ranks.items(), key=lambda kv: kv[1])]
     return {tok: i for i, tok in enumerate(vocab_list)}, merges
 
 
@@ -218,12 +228,11 @@ def make_tiny_zero123(out_dir: PathLike, seed: int = 0) -> Path:
     8 channels (z_t ++ reference latent); its cross-attention width equals the image encoder's
     projection width (32 here, 768 in the real model); the camera projection maps 32+4 -> 32.
     """
-    import diffusers
     import torch
     from diffusers import DDIMScheduler
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from extern.zero123.pipeline import CCProjection
+    from extern.zero123.pipeline import CCProjection, zero123_model_index
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -262,19 +271,7 @@ def make_tiny_zero123(out_dir: PathLike, seed: int = 0) -> Path:
     feature_extractor.save_pretrained(out / "feature_extractor")
     projection.save_pretrained(out / "clip_camera_projection")
     scheduler.save_pretrained(out / "scheduler")
-    index = {
-        "_class_name": "Zero123Pipeline",
-        "_diffusers_version": diffusers.__version__,
-        # The published folders name a module "zero123" here; Zero123Pipeline.from_pretrained copes.
-        "clip_camera_projection": ["zero123", "CLIPCameraProjection"],
-        "feature_extractor": ["transformers", "CLIPImageProcessor"],
-        "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
-        "requires_safety_checker": False,
-        "safety_checker": [None, None],
-        "scheduler": ["diffusers", "DDIMScheduler"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    }
+    index = zero123_model_index()
     (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     return out
 

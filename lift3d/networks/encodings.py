@@ -4,12 +4,17 @@ Every encoding exposes ``n_input_dims`` and ``n_output_dims``; encodings whose b
 the training step expose ``update_step(epoch, global_step)``. ``get_encoding`` builds one from a
 tcnn/threestudio config dict (``otype`` plus the otype's keys) and wraps it in a
 ``CompositeEncoding``, exactly like threestudio, so every encoding it returns has
-``update_step``. As in threestudio (and tcnn), inputs of ``get_encoding`` encodings are expected in
-``[0, 1]`` (``SphericalHarmonics`` maps them to directions with ``2 * x - 1``, like tcnn).
+``update_step``. Positions are expected in ``[0, 1]`` (as in threestudio/tcnn), or inside the
+``bbox`` given to ``get_encoding``.
+
+Difference from tcnn: ``SphericalHarmonics`` takes unit directions in ``[-1, 1]`` as they are.
+tcnn (and so threestudio's materials/backgrounds, which pass ``(dirs + 1) / 2``) takes them in
+``[0, 1]``; ``SphericalHarmonicsEncoding(unit_cube_input=True)`` gives that behaviour.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 from fractions import Fraction
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -17,6 +22,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from lift3d.errors import ConfigError
 from lift3d.networks.hashgrid import HashGridEncoding, ProgressiveBandHashGrid
 
 
@@ -47,11 +53,10 @@ class FrequencyEncoding(nn.Module):
         self.n_input_dims = n_input_dims
         self.n_frequencies = n_frequencies
         self.n_output_dims = n_input_dims * 2 * n_frequencies
-        bands = (2.0 ** torch.arange(n_frequencies, dtype=torch.float32)) * math.pi  # [K]
-        self.register_buffer("bands", bands, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        angles = x[..., None] * self.bands.to(x.dtype)  # [..., D, K]
+        bands = torch.exp2(torch.arange(self.n_frequencies, dtype=x.dtype, device=x.device)) * math.pi  # [K]
+        angles = x[..., None] * bands  # [..., D, K]
         out = torch.stack([torch.sin(angles), torch.cos(angles)], dim=-1)  # [..., D, K, 2]
         return out.flatten(-3)  # [..., D * K * 2]
 
@@ -70,7 +75,6 @@ class ProgressiveBandFrequency(nn.Module):
         self.n_frequencies = n_frequencies
         self.n_masking_step = n_masking_step
         self.n_output_dims = n_input_dims * 2 * n_frequencies
-        self.register_buffer("bands", 2.0 ** torch.arange(n_frequencies, dtype=torch.float32), persistent=False)
         self.register_buffer("band_weight", torch.ones(n_frequencies), persistent=False)  # [K]
         self.update_step(None, None)
 
@@ -83,7 +87,8 @@ class ProgressiveBandFrequency(nn.Module):
         self.band_weight.copy_((1.0 - torch.cos(math.pi * ramp)) / 2.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        angles = x[..., None, :] * self.bands.to(x.dtype)[:, None]  # [..., K, D]
+        bands = torch.exp2(torch.arange(self.n_frequencies, dtype=x.dtype, device=x.device))  # [K]
+        angles = x[..., None, :] * bands[:, None]  # [..., K, D]
         w = self.band_weight.to(x.dtype)[:, None, None]  # [K, 1, 1]
         out = torch.stack([torch.sin(angles), torch.cos(angles)], dim=-2) * w  # [..., K, 2, D]
         return out.flatten(-3)  # [..., K * 2 * D]
@@ -123,8 +128,8 @@ class SphericalHarmonicsEncoding(nn.Module):
     ``Y_00 = 1/(2 sqrt(pi))``, ``Y_1 = sqrt(3/(4 pi)) * (-y, z, -x)``, ...).
 
     Directions are expected to be unit vectors (not renormalised, as in tcnn). By default the input
-    is the direction itself, in [-1, 1]. With ``unit_cube_input=True`` the input is in [0, 1] and
-    mapped by ``2 * x - 1`` first, which is what tcnn (and so threestudio and ``get_encoding``) do.
+    is the direction itself, in [-1, 1] (also what ``get_encoding`` builds). With
+    ``unit_cube_input=True`` the input is in [0, 1] and mapped by ``2 * x - 1`` first, as tcnn does.
     """
 
     def __init__(self, n_input_dims: int = 3, degree: int = 4, unit_cube_input: bool = False) -> None:
@@ -132,7 +137,7 @@ class SphericalHarmonicsEncoding(nn.Module):
         if n_input_dims != 3:
             raise ValueError(f"SphericalHarmonicsEncoding needs 3 input dims, got {n_input_dims}")
         if not 1 <= degree <= 8:
-            raise ValueError(f"SphericalHarmonicsEncoding: degree must be in 1..8 (like tcnn), got {degree}")
+            raise ConfigError(f"SphericalHarmonicsEncoding: degree must be in 1..8 (like tcnn), got {degree}")
         self.n_input_dims = 3
         self.degree = degree
         self.unit_cube_input = unit_cube_input
@@ -238,30 +243,46 @@ def config_to_dict(config: Any) -> Dict[str, Any]:
 
 
 def check_config_keys(component: str, config: Mapping[str, Any], valid: Sequence[str]) -> None:
-    """Raise ValueError naming any unknown key, the component and the valid keys."""
-    unknown = sorted(set(config) - set(valid))
-    if unknown:
-        raise ValueError(f"{component}: unknown config key(s) {unknown}; valid keys: {sorted(valid)}")
+    """Raise ConfigError naming the first unknown key, the component and the valid keys."""
+    for key in config:
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), list(valid), n=3, cutoff=0.6)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise ConfigError(f"unknown config key '{key}' for {component}.{hint} Valid keys: {', '.join(sorted(valid))}.")
+
+
+def check_otype(what: str, otype: Any, valid: Sequence[str]) -> None:
+    if otype not in valid:
+        close = difflib.get_close_matches(str(otype), list(valid), n=3, cutoff=0.6)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ConfigError(f"unknown {what} otype {otype!r}.{hint} Valid otypes: {', '.join(sorted(valid))}.")
+
+
+def validate_encoding_config(config: Any) -> Dict[str, Any]:
+    """Check an encoding config's otype and keys without building anything; returns it as a dict."""
+    cfg = config_to_dict(config)
+    otype = cfg.get("otype")
+    check_otype("encoding", otype, list(_VALID_KEYS))
+    check_config_keys(f"encoding '{otype}'", cfg, tuple(_VALID_KEYS[otype]) + _COMMON_KEYS)
+    return cfg
 
 
 def get_encoding(n_input_dims: int, config: Any, *, bbox: Optional[torch.Tensor] = None) -> CompositeEncoding:
     """Build an encoding from a tcnn/threestudio config (``otype`` + keys), wrapped in
     ``CompositeEncoding(include_xyz=config.include_xyz, bbox=bbox)``.
 
-    Inputs are expected in [0, 1] (or inside ``bbox`` when given).
+    Positions are expected in [0, 1] (or inside ``bbox`` when given); ``SphericalHarmonics`` takes
+    unit directions in [-1, 1]. Raises ``ConfigError`` for an unknown otype or key.
     """
-    cfg = config_to_dict(config)
-    otype = cfg.get("otype")
-    if otype not in _VALID_KEYS:
-        raise ValueError(f"get_encoding: unknown otype {otype!r}; valid otypes: {sorted(_VALID_KEYS)}")
-    check_config_keys(f"encoding '{otype}'", cfg, tuple(_VALID_KEYS[otype]) + _COMMON_KEYS)
+    cfg = validate_encoding_config(config)
+    otype = cfg["otype"]
     include_xyz = bool(cfg.pop("include_xyz", False))
     cfg.pop("otype")
     encoding: nn.Module
     if otype == "Grid":
         grid_type = cfg.pop("type", "Hash")
         if grid_type != "Hash":
-            raise ValueError(f"get_encoding: Grid type {grid_type!r} is not supported; only 'Hash'")
+            raise ConfigError(f"encoding 'Grid': type {grid_type!r} is not supported; only 'Hash'.")
         encoding = HashGridEncoding(n_input_dims, **cfg)
     elif otype == "HashGrid":
         encoding = HashGridEncoding(n_input_dims, **cfg)
@@ -272,7 +293,7 @@ def get_encoding(n_input_dims: int, config: Any, *, bbox: Optional[torch.Tensor]
     elif otype == "ProgressiveBandFrequency":
         encoding = ProgressiveBandFrequency(n_input_dims, **cfg)
     elif otype == "SphericalHarmonics":
-        encoding = SphericalHarmonicsEncoding(n_input_dims, unit_cube_input=True, **cfg)
+        encoding = SphericalHarmonicsEncoding(n_input_dims, **cfg)  # directions in [-1, 1]
     else:
         encoding = IdentityEncoding(n_input_dims, **cfg)
     return CompositeEncoding(encoding, include_xyz=include_xyz, bbox=bbox)

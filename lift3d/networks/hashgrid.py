@@ -28,6 +28,8 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from lift3d.errors import ConfigError
+
 # tiny-cuda-nn's coherent prime hash multipliers, one per input dimension.
 _PRIMES: Tuple[int, ...] = (1, 2654435761, 805459861)
 _UINT32_MASK = 0xFFFFFFFF
@@ -195,7 +197,9 @@ def _encode_backward(
 
 
 class _HashGridFunction(torch.autograd.Function):
+    # Under CUDA autocast the encoding still runs in float32 (tcnn keeps fp32 parameters too).
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
     def forward(ctx, x: torch.Tensor, params: torch.Tensor, levels: List[GridLevel], n_features: int) -> torch.Tensor:
         ctx.save_for_backward(x, params)
         ctx.levels = levels
@@ -203,6 +207,7 @@ class _HashGridFunction(torch.autograd.Function):
         return _encode(x, params, levels, n_features)
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_out: torch.Tensor):
         x, params = ctx.saved_tensors
         grad_x, grad_params = _encode_backward(
@@ -239,7 +244,7 @@ class HashGridEncoding(nn.Module):
         if not 1 <= n_input_dims <= len(_PRIMES):
             raise ValueError(f"HashGridEncoding supports 1..{len(_PRIMES)} input dims, got {n_input_dims}")
         if interpolation != "Linear":
-            raise ValueError(f"HashGridEncoding: interpolation {interpolation!r} is not supported; use 'Linear'")
+            raise ConfigError(f"HashGridEncoding: interpolation {interpolation!r} is not supported; use 'Linear'")
         self.n_input_dims = n_input_dims
         self.n_levels = n_levels
         self.n_features_per_level = n_features_per_level
@@ -306,7 +311,7 @@ class ProgressiveBandHashGrid(HashGridEncoding):
             n_input_dims, n_levels, n_features_per_level, log2_hashmap_size, base_resolution, per_level_scale, interpolation
         )
         if update_steps <= 0:
-            raise ValueError(f"ProgressiveBandHashGrid: update_steps must be positive, got {update_steps}")
+            raise ConfigError(f"ProgressiveBandHashGrid: update_steps must be positive, got {update_steps}")
         self.start_level = start_level
         self.start_step = start_step
         self.update_steps = update_steps

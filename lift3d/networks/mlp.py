@@ -15,7 +15,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lift3d.networks.encodings import check_config_keys, config_to_dict
+from lift3d.errors import ConfigError
+
+from lift3d.networks.encodings import check_config_keys, check_otype, config_to_dict
 
 
 class _TruncExp(torch.autograd.Function):
@@ -65,7 +67,7 @@ def get_activation(name: str | None) -> Callable[[torch.Tensor], torch.Tensor]:
     """Elementwise activation by threestudio name (case-insensitive; ``None`` means identity)."""
     key = "none" if name is None else str(name).lower()
     if key not in _ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; valid names: {sorted(_ACTIVATIONS)}")
+        raise ConfigError(f"unknown activation {name!r}; valid names: {sorted(_ACTIVATIONS)}")
     return _ACTIVATIONS[key]
 
 
@@ -108,9 +110,9 @@ class VanillaMLP(nn.Module):
         super().__init__()
         act_key = str(activation).lower()
         if act_key not in _HIDDEN_ACTIVATIONS:
-            raise ValueError(f"VanillaMLP: unknown activation {activation!r}; valid: {sorted(_HIDDEN_ACTIVATIONS)}")
+            raise ConfigError(f"VanillaMLP: unknown activation {activation!r}; valid: {sorted(_HIDDEN_ACTIVATIONS)}")
         if n_hidden_layers < 1:
-            raise ValueError(f"VanillaMLP: n_hidden_layers must be >= 1, got {n_hidden_layers}")
+            raise ConfigError(f"VanillaMLP: n_hidden_layers must be >= 1, got {n_hidden_layers}")
         self.n_input_dims = n_input_dims
         self.n_output_dims = n_output_dims
         layers: list[nn.Module] = []
@@ -130,12 +132,20 @@ _MLP_OTYPES = ("VanillaMLP", "FullyFusedMLP")
 _MLP_KEYS = ("otype", "activation", "output_activation", "n_neurons", "n_hidden_layers")
 
 
-def get_mlp(n_input_dims: int, n_output_dims: int, config: Any) -> VanillaMLP:
-    """Build an MLP from a tcnn/threestudio network config (dict or DictConfig)."""
+def validate_mlp_config(config: Any) -> Dict[str, Any]:
+    """Check a network config's otype and keys without building anything; returns it as a dict."""
     cfg = config_to_dict(config)
     otype = cfg.get("otype")
-    if otype not in _MLP_OTYPES:
-        raise ValueError(f"get_mlp: unknown otype {otype!r}; valid otypes: {list(_MLP_OTYPES)}")
+    check_otype("network", otype, _MLP_OTYPES)
     check_config_keys(f"network '{otype}'", cfg, _MLP_KEYS)
+    return cfg
+
+
+def get_mlp(n_input_dims: int, n_output_dims: int, config: Any) -> VanillaMLP:
+    """Build an MLP from a tcnn/threestudio network config (dict or DictConfig).
+
+    Raises ``ConfigError`` for an unknown otype or key.
+    """
+    cfg = validate_mlp_config(config)
     cfg.pop("otype")
     return VanillaMLP(n_input_dims, n_output_dims, **cfg)

@@ -72,7 +72,7 @@ class OccupancyGrid(nn.Module):
         return torch.cat([centre - half_l, centre + half_l], dim=-1)
 
     def _flat_index(self, points: Tensor) -> tuple[Tensor, Tensor]:
-        """points [N, 3] -> (flat cell index into binary.view(-1) [N] long, inside-grid mask [N])."""
+        """points [N, 3] -> (flat index into binary.view(-1) [N] long, inside-grid mask [N])."""
         centre = (self.aabb[:3] + self.aabb[3:]) * 0.5
         inv_half = 2.0 / (self.aabb[3:] - self.aabb[:3])
         rel = (points.to(self.aabb.dtype) - centre) * inv_half  # [N, 3], level-0 box = [-1, 1]^3
@@ -116,7 +116,8 @@ class OccupancyGrid(nn.Module):
         k = cell % R
         ijk = torch.stack([i, j, k], dim=-1).to(self.aabb.dtype)  # [M, 3]
         if jitter:
-            ijk = ijk + torch.rand(ijk.shape, device=ijk.device, dtype=ijk.dtype, generator=generator)
+            ijk = ijk + torch.rand(ijk.shape, device=ijk.device, dtype=ijk.dtype,
+                                   generator=generator)
         else:
             ijk = ijk + 0.5
         box = self.level_aabbs()[level]
@@ -134,7 +135,7 @@ class OccupancyGrid(nn.Module):
         n: int = 1,
         subset_fraction: float = 0.25,
         chunk: int = 1 << 18,
-        generator: Optional[torch.Generator] = None,
+        generator: Optional[torch.Generator] = None,  # on the grid's device
     ) -> bool:
         """Refresh the grid from ``density_fn``; returns True if an update happened.
 
@@ -144,7 +145,9 @@ class OccupancyGrid(nn.Module):
         one density sample at a uniformly jittered point inside it. ``density_fn`` is called
         under ``no_grad`` on at most ``chunk`` points at a time.
         Cost per update: ``L * R**3`` (warmup) or about ``L * R**3 * subset_fraction + occupied``
-        density evaluations; extra memory ~ 40 bytes per evaluated cell of one level.
+        density evaluations; extra memory ~ 20 bytes per cell of one level (cell list, random
+        pick) plus ~100 bytes per point of one chunk (indices, jittered points), besides
+        whatever ``density_fn`` needs for ``chunk`` points.
         """
         if n > 1 and step % n != 0:
             return False

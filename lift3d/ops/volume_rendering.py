@@ -23,9 +23,11 @@ from torch import Tensor
 
 
 def _ray_start_index(ray_indices: Tensor, n_rays: int) -> Tensor:
-    """[S] long: packed index of the first sample of each sample's ray (samples grouped by ray)."""
-    counts = torch.bincount(ray_indices, minlength=n_rays)  # [n_rays]
-    starts = torch.cumsum(counts, 0) - counts
+    """[S] long: packed index of the first sample of each sample's ray (ray_indices sorted).
+
+    A binary search (no atomics, no host sync), so it is deterministic on GPU too."""
+    rays = torch.arange(n_rays, device=ray_indices.device, dtype=ray_indices.dtype)
+    starts = torch.searchsorted(ray_indices, rays)  # [n_rays] first packed index of each ray
     return starts[ray_indices]
 
 
@@ -52,7 +54,8 @@ def render_weight_from_density(
     """Packed volume-rendering weights.
 
     Args:
-        t_starts, t_ends, sigmas: [S]; ray_indices: [S] long, grouped by ray (sorted);
+        t_starts, t_ends, sigmas: [S]; ray_indices: [S] long, sorted ascending (as march_rays
+        returns them; an unsorted input gives wrong transmittance);
         n_rays: number of rays (rays without samples are allowed).
     Returns:
         weights [S], transmittance [S], alphas [S]; differentiable w.r.t. sigmas.

@@ -2,7 +2,7 @@
 
     python load/shapes/make_shapes.py
 
-* capsule_bicolor.ply: a capsule along z, upper half orange, lower half teal (2048 faces).
+* capsule_bicolor.ply: a capsule along z, upper half orange, lower half teal (~1.4k faces, closed).
 * blocks_union.ply: an asymmetric part assembly (overlapping, not boolean-merged): a red box base,
   a yellow sphere on top and a blue cylinder handle sticking out towards +x; colours differ by part
   (~1.6k faces).
@@ -26,10 +26,21 @@ def _colored(mesh: trimesh.Trimesh, rgb) -> trimesh.Trimesh:
 
 
 def capsule_bicolor() -> trimesh.Trimesh:
-    mesh = trimesh.creation.capsule(height=0.6, radius=0.25, count=[32, 32])  # z in [-0.55, 0.55]
-    top = np.array([235, 140, 40, 255], dtype=np.uint8)
-    bottom = np.array([30, 150, 150, 255], dtype=np.uint8)
-    colors = np.where(mesh.vertices[:, 2:3] >= 0.0, top, bottom).astype(np.uint8)
+    """Surface of revolution (hemispheres r = 0.25 joined by a cylinder, z in [-0.55, 0.55]).
+
+    The profile has rings at z = +-0.01 so the colour switches sharply at the equator while the
+    mesh stays one closed manifold (no seam edges, which antialiasing would see as boundaries).
+    """
+    r, hc = 0.25, 0.3
+    arc = np.linspace(0.0, np.pi / 2, 9)
+    bottom = np.stack([r * np.sin(arc), -hc - r * np.cos(arc)], 1)  # pole -> (r, -hc)
+    top = np.stack([r * np.cos(arc), hc + r * np.sin(arc)], 1)  # (r, hc) -> pole
+    side = np.stack([np.full(6, r), np.array([-0.18, -0.06, -0.01, 0.01, 0.06, 0.18])], 1)
+    profile = np.concatenate([bottom, side, top], 0)  # counter-clockwise (r, z): outward normals
+    mesh = trimesh.creation.revolve(profile, sections=32)
+    top_rgb = np.array([235, 140, 40, 255], dtype=np.uint8)
+    bottom_rgb = np.array([30, 150, 150, 255], dtype=np.uint8)
+    colors = np.where(mesh.vertices[:, 2:3] >= 0.0, top_rgb, bottom_rgb).astype(np.uint8)
     mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=colors)
     return mesh
 
