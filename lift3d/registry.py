@@ -31,6 +31,10 @@ BUILTIN_MODULES = (
     "lift3d.prompt.dummy",
     "lift3d.systems.lift3d_system",
     "lift3d.export.mesh_exporter",
+    "lift3d.geometry.tetrahedra_sdf_grid",
+    "lift3d.geometry.implicit_sdf",
+    "lift3d.geometry.custom_mesh",
+    "lift3d.renderers.rasterizer",
 )
 _builtins_loaded = False
 

@@ -149,3 +149,18 @@ def test_optimizer_dotted_groups_and_scheduler():
     with pytest.raises(ConfigError) as err:
         make_optimizer(root, OmegaConf.create({"name": "Adam", "params": {"leaf.nope": {"lr": 1}}}))
     assert "leaf.nope" in str(err.value)
+
+
+def test_saved_images_keep_their_values(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from lift3d.utils.saving import image_row, save_image
+
+    grey = torch.full((4, 4, 3), 0.5)
+    row = image_row([grey, torch.zeros(4, 4, 1)])
+    save_image(tmp_path / "x.png", row)  # uint8 in: unchanged
+    save_image(tmp_path / "y.png", grey)  # float in: scaled
+    x = np.asarray(Image.open(tmp_path / "x.png"))
+    assert x.shape == (4, 8, 3) and x[0, 0, 0] == 128 and x[0, 7, 0] == 0
+    assert np.asarray(Image.open(tmp_path / "y.png"))[0, 0, 0] == 128

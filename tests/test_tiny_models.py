@@ -15,6 +15,16 @@ WHAT = "Stable Diffusion for system.guidance.pretrained_model_name_or_path"
 ABSENT = "nonexistent-org/nonexistent-model-xyz"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models run fastest on one thread; two OpenMP threads on a busy 2-core machine spin-wait
+    (measured: a 2-step DDIM call 0.1 s with one thread, 16 s with two under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tiny_sd(tmp_path_factory):
     import diffusers  # noqa: F401  (imports are not part of the build time)
@@ -214,9 +224,12 @@ def test_resolve_absent_id_online_is_fast(monkeypatch, tmp_path):
 
 def test_resolve_never_hangs_on_a_silent_hub(monkeypatch, tmp_path):
     """A Hub that accepts connections but never answers: bounded by the timeouts, not by retries."""
+    from huggingface_hub import constants
+
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DIFFUSERS_OFFLINE", "HTTPS_PROXY", "https_proxy",
                 "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # read at import; conftest sets it
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(8)  # the kernel completes handshakes; nobody ever reads or replies
@@ -227,7 +240,7 @@ def test_resolve_never_hangs_on_a_silent_hub(monkeypatch, tmp_path):
         with pytest.raises(ModelNotFoundError) as err:
             resolve_pretrained(ABSENT, WHAT, cache_dir=str(tmp_path / "hf-cache"), network_timeout_s=0.4)
         assert time.perf_counter() - start < 10
-        assert "no answer within" in str(err.value) or "request failed" in str(err.value)
+        assert "no answer within 2 s" in str(err.value)  # 5 x network_timeout_s
     finally:
         server.close()
 

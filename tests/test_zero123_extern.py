@@ -15,6 +15,16 @@ from extern.zero123.camera import (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models run fastest on one thread; two OpenMP threads on a busy 2-core machine spin-wait
+    (measured: a 2-step DDIM call 0.1 s with one thread, 16 s with two under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ------------------------------------------------------------------------------------ camera
 def test_zero123_camera_embedding_known_angles():
     emb = zero123_camera_embedding(
@@ -297,6 +307,19 @@ def test_converter_rejects_non_ldm_checkpoint(tmp_path):
     bad = tmp_path / "bad.ckpt"
     torch.save({"state_dict": {"foo.weight": torch.zeros(1)}}, bad)
     assert main(["--ckpt", str(bad), "--out", str(tmp_path / "o"), "--image-encoder", "none"]) == 1
-    assert main(["--ckpt", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "o")]) == 1
+    assert main(["--ckpt", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "o"), "--image-encoder", "none"]) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_converter_missing_image_encoder_fails_first(tmp_path, monkeypatch, capsys):
+    from extern.zero123.convert_original_ckpt import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rc = main(["--ckpt", str(tmp_path / "never-read.ckpt"), "--out", str(tmp_path / "o"),
+               "--image-encoder", "nonexistent-org/nonexistent-clip"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "CLIP image encoder for --image-encoder" in err and "nonexistent-org/nonexistent-clip" in err
+    assert "set --image-encoder=/path/to/folder" in err and "hf download nonexistent-org/nonexistent-clip" in err
     assert not (tmp_path / "o").exists()
 

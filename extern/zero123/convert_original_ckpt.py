@@ -169,16 +169,18 @@ def _diffusers_converters():
     try:
         from diffusers.loaders import single_file_utils as sfu
 
+        unet_config, unet_convert = sfu.create_unet_diffusers_config_from_ldm, sfu.convert_ldm_unet_checkpoint
+        vae_config, vae_convert = sfu.create_vae_diffusers_config_from_ldm, sfu.convert_ldm_vae_checkpoint
         return (
-            lambda cfg, sd: sfu.create_unet_diffusers_config_from_ldm(cfg, sd),
-            lambda sd, cfg, ema: sfu.convert_ldm_unet_checkpoint(sd, cfg, extract_ema=ema),
-            lambda cfg, sd, scale: sfu.create_vae_diffusers_config_from_ldm(cfg, sd, scaling_factor=scale),
-            sfu.convert_ldm_vae_checkpoint,
+            lambda cfg, sd: unet_config(cfg, sd),
+            lambda sd, cfg, ema: unet_convert(sd, cfg, extract_ema=ema),
+            lambda cfg, sd, scale: vae_config(cfg, sd, scaling_factor=scale),
+            vae_convert,
         )
-    except (ImportError, AttributeError):  # diffusers < 0.28
+    except (ImportError, AttributeError):  # older diffusers: the stable_diffusion converter module
         from diffusers.pipelines.stable_diffusion import convert_from_ckpt as cfc
 
-        def vae_config(cfg, sd, scale):
+        def legacy_vae_config(cfg, sd, scale):
             config = cfc.create_vae_diffusers_config(cfg, image_size=256)
             config["scaling_factor"] = scale
             return config
@@ -186,7 +188,7 @@ def _diffusers_converters():
         return (
             lambda cfg, sd: cfc.create_unet_diffusers_config(cfg, image_size=256),
             lambda sd, cfg, ema: cfc.convert_ldm_unet_checkpoint(sd, cfg, extract_ema=ema),
-            vae_config,
+            legacy_vae_config,
             cfc.convert_ldm_vae_checkpoint,
         )
 
@@ -259,21 +261,24 @@ def make_scheduler(state):
     return DDIMScheduler(**kwargs)
 
 
-def _copy_image_encoder(image_encoder: str, out: Path, projection_dim: int) -> None:
-    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
-
+def resolve_image_encoder(image_encoder: str) -> str:
+    """Local folder of the CLIP image encoder (folder or Hub id in the HF cache), or ModelNotFoundError."""
     from lift3d.models.loading import resolve_pretrained
 
-    folder = resolve_pretrained(image_encoder, "CLIP image encoder for --image-encoder", ("config.json",))
+    return resolve_pretrained(
+        image_encoder, "CLIP image encoder for --image-encoder", ("config.json",),
+        tiny_hint="`python -m lift3d.models.tiny_factory --out DIR --kind zero123`, then use DIR/image_encoder",
+    )
+
+
+def _copy_image_encoder(folder: str, out: Path) -> None:
+    """Saves the CLIP vision model and its image processor (CLIP's defaults if it has none) under `out`."""
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
     encoder = CLIPVisionModelWithProjection.from_pretrained(folder)
-    if encoder.config.projection_dim != projection_dim:
-        raise ValueError(
-            f"image encoder {image_encoder!r} projects to {encoder.config.projection_dim}, but the "
-            f"checkpoint's cc_projection expects {projection_dim} (Zero-1-to-3 uses CLIP ViT-L/14: 768)"
-        )
-    if (Path(folder) / "preprocessor_config.json").is_file():
+    try:
         processor = CLIPImageProcessor.from_pretrained(folder)
-    else:
+    except OSError:  # no preprocessor_config.json: CLIP's normalisation at the encoder's input size
         side = encoder.config.image_size
         processor = CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
     encoder.save_pretrained(out / "image_encoder")
@@ -297,13 +302,23 @@ def convert_original_checkpoint(
     from extern.zero123.pipeline import PROJECTION_COMPONENT, zero123_model_index
 
     out = Path(out_dir)
+    encoder_folder = resolve_image_encoder(image_encoder) if image_encoder else None  # fail before the heavy work
     state = load_original_state_dict(ckpt)
     projection = convert_projection(state)
     unet = convert_unet(state, num_heads=num_heads, image_size=image_size, extract_ema=extract_ema)
     vae = convert_vae(state, image_size=image_size)
+    if encoder_folder:
+        from transformers import CLIPVisionConfig
+
+        encoder_dim = CLIPVisionConfig.from_pretrained(encoder_folder).projection_dim
+        if encoder_dim != projection.out_channel:
+            raise ValueError(
+                f"image encoder {image_encoder!r} projects to {encoder_dim}, but the checkpoint's "
+                f"cc_projection expects {projection.out_channel} (Zero-1-to-3 uses CLIP ViT-L/14: 768)"
+            )
     out.mkdir(parents=True, exist_ok=True)
-    if image_encoder:
-        _copy_image_encoder(image_encoder, out, projection.out_channel)
+    if encoder_folder:
+        _copy_image_encoder(encoder_folder, out)
     unet.save_pretrained(out / "unet")
     vae.save_pretrained(out / "vae")
     projection.save_pretrained(out / PROJECTION_COMPONENT)

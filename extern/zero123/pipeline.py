@@ -141,7 +141,13 @@ class Zero123Pipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Union[str, os.PathLike], **kwargs):
-        """Loads a local folder or a Hub id (local HF cache first) in the published zero123 layout."""
+        """Loads a zero123 folder in the published layout: a local folder or a Hub id.
+
+        A Hub id is first turned into a local snapshot with huggingface_hub.snapshot_download (cache
+        only when HF_HUB_OFFLINE & co. are set or local_files_only=True), because diffusers' own
+        download step rejects the published model_index.json. lift3d callers resolve the id with
+        lift3d.models.loading.resolve_pretrained first, which fails fast with a clear message.
+        """
         folder = str(pretrained_model_name_or_path)
         if not os.path.isdir(folder):
             from huggingface_hub import snapshot_download

@@ -96,3 +96,28 @@ class BaseImplicitGeometry(BaseGeometry):
         if self.cfg.isosurface_remove_outliers:
             mesh = mesh.remove_outlier(self.cfg.isosurface_outlier_n_faces_threshold)
         return mesh
+
+
+class BaseExplicitGeometry(BaseGeometry):
+    """A geometry whose surface is an explicit mesh (DMTet grid, a fixed mesh) in [-radius, radius]^3.
+
+    Subclasses that carry a texture field evaluate it at world points mapped to [0, 1]^3 with
+    `normalize_points` (threestudio's `contract_to_unisphere` on the bbox, without contraction).
+    """
+
+    @dataclass
+    class Config(BaseGeometry.Config):
+        radius: float = 1.0
+
+    def configure(self) -> None:
+        r = self.cfg.radius
+        self.register_buffer(
+            "bbox", torch.tensor([[-r, -r, -r], [r, r, r]], dtype=torch.float32), persistent=False
+        )
+
+    def normalize_points(self, points: torch.Tensor) -> torch.Tensor:
+        """World points [N,3] → [0,1]^3 over the bbox (clamped)."""
+        return ((points - self.bbox[0]) / (self.bbox[1] - self.bbox[0])).clamp(0.0, 1.0)
+
+    def isosurface(self):
+        raise NotImplementedError

@@ -136,13 +136,14 @@ def _tiny_kind(what: str, required_files: Sequence[str]) -> Optional[str]:
 
 
 def _config_key(what: str) -> Optional[str]:
-    match = re.search(r"\bfor\s+([A-Za-z_][\w.\-]*)\s*$", what)
+    match = re.search(r"\bfor\s+(-{0,2}[A-Za-z_][\w.\-]*)\s*$", what)
     return match.group(1) if match else None
 
 
-def _error(name: str, what: str, required_files: Sequence[str], looked: list[str]) -> ModelNotFoundError:
+def _error(
+    name: str, what: str, required_files: Sequence[str], looked: list[str], tiny_hint: Optional[str] = None
+) -> ModelNotFoundError:
     key = _config_key(what)
-    kind = _tiny_kind(what, required_files)
     files = ", ".join(required_files) if required_files else "the model files"
     how = []
     if _looks_like_repo_id(name):
@@ -155,8 +156,11 @@ def _error(name: str, what: str, required_files: Sequence[str], looked: list[str
         (f"set {key}=/path/to/folder" if key else "point the config value at a local folder")
         + f" (a folder holding {files})"
     )
-    tiny = f"--kind {kind}" if kind else "--kind sd|zero123"
-    how.append(f"for tests and dry runs make a tiny random model: `python -m lift3d.models.tiny_factory --out DIR {tiny}`")
+    if tiny_hint is None:
+        kind = _tiny_kind(what, required_files)
+        tiny_hint = f"`python -m lift3d.models.tiny_factory --out DIR --kind {kind}`" if kind else ""
+    if tiny_hint:
+        how.append(f"for tests and dry runs make a tiny random model: {tiny_hint}")
     lines = [f"{what}: no usable model found for {name!r}.", "Looked in:"]
     lines += [f"  - {item}" for item in looked]
     lines.append("To provide it:")
@@ -172,6 +176,7 @@ def resolve_pretrained(
     cache_dir: Optional[str] = None,
     revision: Optional[str] = None,
     network_timeout_s: float = 3.0,
+    tiny_hint: Optional[str] = None,
 ) -> str:
     """Returns a loadable `pretrained_model_name_or_path` for `name_or_path`, or raises ModelNotFoundError.
 
@@ -183,24 +188,29 @@ def resolve_pretrained(
     snapshot folder (so later loading needs no network); otherwise, only when not offline and the Hub
     answers within `network_timeout_s`, a Hub id holding the required files -> the id itself (the
     caller's from_pretrained downloads it). Never blocks on the network for longer than a few timeouts.
+    tiny_hint: how to make a tiny stand-in, for the message; None infers `--kind sd|zero123` from
+        `what`, "" leaves the hint out.
     """
     name = os.fspath(name_or_path).strip()
     required_files = tuple(required_files)
     looked: list[str] = []
-    local = os.path.abspath(os.path.expanduser(name)) if name else os.getcwd()
+    local = os.path.abspath(os.path.expanduser(name))
 
-    if name and os.path.isdir(local):
+    if not name:
+        looked.append("nothing: the value is empty")
+        raise _error(name, what, required_files, looked, tiny_hint)
+    if os.path.isdir(local):
         missing = _missing(local, required_files)
         if not missing:
             return local
         looked.append(f"local folder {local}: exists but lacks {', '.join(missing)}")
-        raise _error(name, what, required_files, looked)
-    if name and os.path.exists(local):
+        raise _error(name, what, required_files, looked, tiny_hint)
+    if os.path.exists(local):
         looked.append(f"local path {local}: is a file, expected a model folder")
-        raise _error(name, what, required_files, looked)
+        raise _error(name, what, required_files, looked, tiny_hint)
     looked.append(f"local folder {local}: does not exist")
     if not _looks_like_repo_id(name):
-        raise _error(name, what, required_files, looked)
+        raise _error(name, what, required_files, looked, tiny_hint)
 
     # A Hugging Face id: the local cache first, never the network.
     cache = _hf_cache_dir(cache_dir)
@@ -219,11 +229,11 @@ def resolve_pretrained(
     endpoint = _hub_endpoint()
     if offline_var:
         looked.append(f"the Hub ({endpoint}): not asked, {offline_var}={os.environ[offline_var]}")
-        raise _error(name, what, required_files, looked)
+        raise _error(name, what, required_files, looked, tiny_hint)
     unreachable = _hub_reachable(endpoint, network_timeout_s)
     if unreachable:
         looked.append(f"the Hub ({endpoint}): {unreachable}")
-        raise _error(name, what, required_files, looked)
+        raise _error(name, what, required_files, looked, tiny_hint)
 
     def ask_hub() -> Optional[str]:
         from huggingface_hub import HfApi
@@ -241,7 +251,7 @@ def resolve_pretrained(
     if problem is None:
         return name
     looked.append(f"the Hub ({endpoint}): {problem}")
-    raise _error(name, what, required_files, looked)
+    raise _error(name, what, required_files, looked, tiny_hint)
 
 
 __all__ = ["ModelNotFoundError", "resolve_pretrained", "offline_from_env"]

@@ -9,7 +9,8 @@ the code under test loads it with the same `from_pretrained` call it uses for th
 The shapes that matter to callers match the real models: 4 latent channels, VAE downsampling 8
 (64² images <-> 8² latents), scaling factor 0.18215, 77-token prompts, SD's noise schedule, an
 8-channel zero123 UNet whose cross-attention width is the image encoder's projection width.
-Everything else is as small as possible (each folder < 3 MB, built in about a second).
+Everything else is as small as possible (each folder about 5 MB, built in well under a second
+once diffusers and transformers are imported).
 
 CLI:  python -m lift3d.models.tiny_factory --out DIR --kind sd|zero123 [--seed N]
 """
@@ -104,22 +105,20 @@ def build_tiny_clip_vocab(words=_VOCAB_WORDS) -> tuple[dict[str, int], list[str]
     return {tok: i for i, tok in enumerate(vocab_list)}, merges
 
 
-def _write_tokenizer(folder: Path, pad_token: str):
-    """Writes vocab.json + merges.txt (hand-made) and the transformers tokenizer files; returns it."""
-    from transformers import CLIPTokenizer
-
-    folder.mkdir(parents=True, exist_ok=True)
+def _write_tokenizer_files(folder: Path) -> None:
+    """Writes the hand-made vocab.json + merges.txt (CLIP's file format)."""
     vocab, merges = build_tiny_clip_vocab()
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    tokenizer = CLIPTokenizer(
-        vocab=vocab,
-        merges=[tuple(m.split(" ")) for m in merges],
-        pad_token=pad_token,
-        model_max_length=TEXT_MAX_LENGTH,
-    )
-    tokenizer.save_pretrained(folder)
-    return tokenizer
+
+
+def _write_tokenizer(folder: Path, pad_token: str):
+    """A CLIPTokenizer read from the hand-made vocab files (the way any transformers version loads CLIP's)."""
+    from transformers import CLIPTokenizer
+
+    _write_tokenizer_files(folder)
+    return CLIPTokenizer.from_pretrained(str(folder), pad_token=pad_token, model_max_length=TEXT_MAX_LENGTH)
 
 
 def _tiny_vae(seed: int):
@@ -208,17 +207,9 @@ def make_tiny_sd(out_dir: PathLike, seed: int = 0) -> Path:
         requires_safety_checker=False,
     )
     pipe.save_pretrained(out)
-    _rewrite_tokenizer_sources(out / "tokenizer")
+    if not (out / "tokenizer" / "merges.txt").is_file():  # transformers versions that save tokenizer.json only
+        _write_tokenizer_files(out / "tokenizer")
     return out
-
-
-def _rewrite_tokenizer_sources(folder: Path) -> None:
-    """Keeps the hand-made vocab.json / merges.txt next to tokenizer.json (older transformers read them)."""
-    vocab, merges = build_tiny_clip_vocab()
-    if not (folder / "vocab.json").exists():
-        (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    if not (folder / "merges.txt").exists():
-        (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
 
 
 def make_tiny_zero123(out_dir: PathLike, seed: int = 0) -> Path:

@@ -10,9 +10,11 @@ from PIL import Image
 
 
 def to_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
-    """[H,W,C] float in [0,1] (C = 1, 3 or 4) → uint8 [H,W,3|4]."""
+    """[H,W,C] float in [0,1] (C = 1, 3 or 4), or already uint8 → uint8 [H,W,3|4]."""
     if isinstance(image, torch.Tensor):
         image = image.detach().float().cpu().numpy()
+    if image.dtype == np.uint8:
+        return image if image.ndim == 3 and image.shape[-1] in (3, 4) else to_uint8(image.astype(np.float32) / 255.0)
     image = np.clip(np.nan_to_num(image), 0.0, 1.0)
     if image.ndim == 2:
         image = image[..., None]
