@@ -86,7 +86,10 @@ class ImplicitSDF(BaseImplicitGeometry):
         self.validate_config(self.cfg)
         self.encoding = get_encoding(self.cfg.n_input_dims, self.cfg.pos_encoding_config)
         self.sdf_network = get_mlp(self.encoding.n_output_dims, 1, self.cfg.mlp_network_config)
-        self.feature_network = get_mlp(self.encoding.n_output_dims, self.cfg.n_feature_dims, self.cfg.mlp_network_config)
+        self.feature_network = (
+            get_mlp(self.encoding.n_output_dims, self.cfg.n_feature_dims, self.cfg.mlp_network_config)
+            if self.cfg.n_feature_dims > 0 else None
+        )
         if self.cfg.isosurface_deformable_grid:
             self.deformation_network = get_mlp(self.encoding.n_output_dims, 3, self.cfg.mlp_network_config)
         self.register_buffer("shape_initialized", torch.zeros((), dtype=torch.bool))
@@ -123,7 +126,7 @@ class ImplicitSDF(BaseImplicitGeometry):
             if analytic and not points.requires_grad:
                 points = points.detach().requires_grad_(True)
             sdf, enc = self._sdf_and_encoding(points)
-            out = {"sdf": sdf, "features": self.feature_network(enc)}
+            out = {"sdf": sdf, "features": self._features(enc)}
             if output_normal:
                 if analytic:
                     grad = torch.autograd.grad(sdf.sum(), points, create_graph=grad_enabled)[0]
@@ -139,7 +142,12 @@ class ImplicitSDF(BaseImplicitGeometry):
 
     def export(self, points: torch.Tensor, **kwargs: Any) -> dict[str, torch.Tensor]:
         _, enc = self._sdf_and_encoding(points)
-        return {"features": self.feature_network(enc)}
+        return {"features": self._features(enc)}
+
+    def _features(self, enc: torch.Tensor) -> torch.Tensor:
+        if self.feature_network is None:  # n_feature_dims = 0 (Fantasia3D's geometry stage)
+            return enc.new_zeros(enc.shape[0], 0)
+        return self.feature_network(enc)
 
     # ------------------------------------------------------------------ isosurface
     def _grid(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -52,7 +52,7 @@ def copy_texture_field(target: nn.Module, other: nn.Module, target_name: str) ->
     The texture-field config keys must be the same in both stages (the checkpoint of the new stage
     is rebuilt from its own config on resume/--export), else a ConfigError names the keys.
     """
-    if not hasattr(other, "feature_network") or not hasattr(other, "encoding"):
+    if getattr(other, "feature_network", None) is None or getattr(other, "encoding", None) is None:
         raise ConfigError(
             f"system.geometry_convert_inherit_texture: the previous {type(other).__name__} geometry has no "
             f"texture field to copy into '{target_name}'; set geometry_convert_inherit_texture=false."
@@ -163,8 +163,15 @@ class TetrahedraSDFGrid(BaseExplicitGeometry):
         log.info("tetrahedra-sdf-grid: SDF initialised from shape_init=%s", self.cfg.shape_init)
 
     def update_step(self, epoch: int, global_step: int) -> None:
-        if self.training and self.cfg.shape_init is not None and not bool(self.shape_initialized):
-            self.initialize_shape()
+        if not self.training or bool(self.shape_initialized):
+            return
+        if self.cfg.shape_init is None:
+            raise ConfigError(
+                "tetrahedra-sdf-grid has no surface to train (its SDF was neither converted nor initialised): "
+                "set system.geometry_convert_from=<previous stage's ckpts/last.ckpt or trial folder> or "
+                "system.geometry.shape_init (sphere | ellipsoid | mesh:<path>)."
+            )
+        self.initialize_shape()
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         self._mesh = None

@@ -120,6 +120,7 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
         self.cfg = parse_structured(self.Config, cfg, "system", f"system '{_registered_name(type(self))}'")
         self._save_dir: Optional[Path] = None
         self._resumed = resumed
+        self._loaded_global_step = 0
         self.guidance: Any = None
         self.prompt_processor: Any = None
         self.prompt_utils: Any = None
@@ -160,7 +161,13 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
 
     @property
     def true_global_step(self) -> int:
-        return int(self.trainer.global_step) if self._trainer is not None else 0
+        """The training step, also in --test/--export runs (Lightning restores its loop counters
+        only when fitting, so evaluation runs use the step stored in the loaded checkpoint)."""
+        step = int(self.trainer.global_step) if self._trainer is not None else 0
+        return max(step, self._loaded_global_step)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._loaded_global_step = int(checkpoint.get("global_step", 0))
 
     @property
     def true_current_epoch(self) -> int:

@@ -94,6 +94,11 @@ class Lift3DSystem(BaseLift3DSystem):
         for b, index in enumerate(batch["index"].tolist()):
             save_image(self.save_path(f"it{self.true_global_step}-test/{index}.png"), self._eval_row(out, b))
 
+    def on_test_epoch_start(self) -> None:
+        # a repeated test pass at the same step replaces the previous frames
+        for old in self.save_path(f"it{self.true_global_step}-test/x").parent.glob("*.png"):
+            old.unlink()
+
     def on_test_epoch_end(self) -> None:
         folder = self.save_path(f"it{self.true_global_step}-test")
         if any(folder.glob("*.png")):
