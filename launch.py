@@ -94,6 +94,10 @@ def run(args: argparse.Namespace, extras: list[str]) -> int:
 
     callbacks: list = []
     loggers: list = []
+    if cfg.trainer.get("enable_progress_bar", True):
+        from lift3d.utils.progress import StepProgressBar
+
+        callbacks.append(StepProgressBar(refresh_rate=max(1, int(cfg.trainer.get("log_every_n_steps", 1)))))
     if args.train:
         from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
         from pytorch_lightning.loggers import TensorBoardLogger

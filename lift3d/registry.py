@@ -35,6 +35,10 @@ BUILTIN_MODULES = (
     "lift3d.geometry.implicit_sdf",
     "lift3d.geometry.custom_mesh",
     "lift3d.renderers.rasterizer",
+    "lift3d.prompt.stable_diffusion",
+    "lift3d.guidance.stable_diffusion",
+    "lift3d.guidance.zero123",
+    "lift3d.systems.aliases",
 )
 _builtins_loaded = False
 

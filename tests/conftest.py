@@ -15,3 +15,32 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 @pytest.fixture
 def repo_root() -> Path:
     return REPO
+
+
+# ---------------------------------------------------------------- tiny diffusion models (built once per session)
+@pytest.fixture(scope="session")
+def tiny_sd_path(tmp_path_factory) -> Path:
+    """A Stable-Diffusion-2.1-base-shaped folder with tiny random weights (lift3d.models.tiny_factory):
+    64² images <-> 4×8×8 latents, [B, 77, 32] text embeddings. Load it like the real model."""
+    from lift3d.models.tiny_factory import make_tiny_sd
+
+    return make_tiny_sd(tmp_path_factory.mktemp("tiny-models") / "tiny-sd", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_zero123_path(tmp_path_factory) -> Path:
+    """A zero123-xl-diffusers-shaped folder with tiny random weights (64² images, 8-channel UNet)."""
+    from lift3d.models.tiny_factory import make_tiny_zero123
+
+    return make_tiny_zero123(tmp_path_factory.mktemp("tiny-models") / "tiny-zero123", seed=0)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models run fastest on one thread (two threads on a busy 2-core machine spin-wait)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -164,3 +164,31 @@ def test_saved_images_keep_their_values(tmp_path):
     x = np.asarray(Image.open(tmp_path / "x.png"))
     assert x.shape == (4, 8, 3) and x[0, 0, 0] == 128 and x[0, 7, 0] == 0
     assert np.asarray(Image.open(tmp_path / "y.png"))[0, 0, 0] == 128
+
+
+def test_plugins_are_discovered_from_custom_and_plugin_path(tmp_path, monkeypatch):
+    import lift3d.plugins as plugins
+
+    pkg = tmp_path / "myplugins" / "hello"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(
+        "import lift3d\n"
+        "from lift3d.guidance.base import BaseGuidance\n"
+        "@lift3d.register('test-hello-guidance')\n"
+        "class Hello(BaseGuidance):\n"
+        "    produces = ('loss_hello',)\n"
+    )
+    monkeypatch.setenv("LIFT3D_PLUGIN_PATH", str(tmp_path / "myplugins"))
+    monkeypatch.setattr(plugins, "_loaded", False)
+    cls = lift3d.find("test-hello-guidance")  # not registered yet: find loads the plugins
+    assert cls.__name__ == "Hello" and cls.produces == ("loss_hello",)
+    assert str(plugins.REPO_ROOT / "custom") in [str(p) for p in plugins.plugin_dirs()]
+
+
+def test_import_lift3d_is_light():
+    import subprocess
+    import sys
+
+    code = "import sys, lift3d; print(sorted(m for m in ('diffusers','transformers','pytorch_lightning','trimesh') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"

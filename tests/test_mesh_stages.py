@@ -136,13 +136,13 @@ def test_opacity_gradient_matches_finite_differences():
         down = float(r(**batch)["opacity"].sum())
         geo.sdf += eps
     fd = (up - down) / (2 * eps)
-    assert fd < 0 and abs(grad - fd) < 0.1 * abs(fd), (grad, fd)
+    assert fd < 0 and abs(grad - fd) < 0.05 * abs(fd), (grad, fd)
     # the silhouette of a sphere (radius ρ, distance D) is a disc of R = f ρ / sqrt(D² − ρ²) pixels;
     # raising the SDF by ε shrinks ρ by ε: d(area)/d(shift) = −2 π R f D² / (D² − ρ²)^(3/2)
     f, rho, D = 24 / math.tan(math.radians(20)), 0.43, 2.0
     R = f * rho / math.sqrt(D**2 - rho**2)
     expected = -2 * math.pi * R * f * D**2 / (D**2 - rho**2) ** 1.5
-    assert abs(fd - expected) < 0.15 * abs(expected), (fd, expected)
+    assert abs(fd - expected) < 0.05 * abs(expected), (fd, expected)
 
 
 def test_geometry_only_and_empty_mesh():
@@ -264,13 +264,14 @@ def test_stage_chain_converts_with_override_and_texture_inheritance(tmp_path):
     assert system.renderer.geometry is geo
     pts = torch.rand(50, 3) * 0.4 - 0.2
     with torch.no_grad():
-        assert torch.allclose(geo(pts)["features"], src.export(pts)["features"], atol=1e-6)
+        assert torch.allclose(geo(pts)["features"], src.export(pts)["features"], rtol=1e-5, atol=1e-9)
         r = geo.isosurface().v_pos.norm(dim=-1)
     assert abs(float(r.mean()) - 0.2504) < 0.02  # the NeRF's density-5 surface
     # without inheritance: a fresh texture field
     fresh = find("lift3d-system")(system_cfg(trial)).geometry
     with torch.no_grad():
-        assert not torch.allclose(fresh(pts)["features"], src.export(pts)["features"], atol=1e-3)
+        want = src.export(pts)["features"]
+        assert float((fresh(pts)["features"] - want).abs().max()) > 0.5 * float(want.abs().max())
     # a resumed run builds the geometry from its own config (weights come from its checkpoint)
     resumed = find("lift3d-system")(system_cfg(tmp_path / "gone"), resumed=True)
     assert not bool(resumed.geometry.shape_initialized)
@@ -282,8 +283,9 @@ def test_stage_chain_converts_with_override_and_texture_inheritance(tmp_path):
                "magic3d-refine-sd.yaml", "fantasia3d.yaml"],
 )
 def test_mesh_method_configs_parse_and_their_components_validate(config):
-    """Every component section of the configs validates (the Stable Diffusion guidance and prompt
-    processor of magic3d/fantasia3d are checked only when registered: issue 3)."""
+    """Every component section of the configs validates (the keys of the Stable Diffusion guidance
+    and prompt processor are checked when they are registered; their model lookup is not: the
+    tiny-model runs below do that)."""
     from lift3d.config import load_config, parse_structured
     from lift3d.registry import registered_names
 
@@ -297,7 +299,7 @@ def test_mesh_method_configs_parse_and_their_components_validate(config):
             continue
         cls = find(name)
         parsed = parse_structured(cls.Config, system.get(comp, {}), f"system.{comp}", name)
-        if hasattr(cls, "validate_config"):
+        if hasattr(cls, "validate_config") and comp not in ("guidance", "prompt_processor"):
             cls.validate_config(parsed)
     assert OmegaConf.is_missing(system, "geometry_convert_from") == (config not in ("magic3d-coarse-sd.yaml", "fantasia3d.yaml"))
 
@@ -382,3 +384,66 @@ def test_reconstruction_chain_nerf_dmtet_texture_export(tmp_path):
         psnrs.append(float(-10 * torch.log10(((pred - target) ** 2).mean())))
     print(f"reconstruction chain: Chamfer {100 * chamfer / diagonal:.3f} % of the diagonal, PSNR {psnrs}")
     assert min(psnrs) >= 22.0, psnrs
+
+
+# ------------------------------------------------------------------ Magic3D and Fantasia3D configs, tiny Stable Diffusion
+def _sd_overrides(tiny_sd_path: Path, root: Path) -> list[str]:
+    return [
+        f"system.guidance.pretrained_model_name_or_path={tiny_sd_path}",
+        f"system.prompt_processor.pretrained_model_name_or_path={tiny_sd_path}",
+        "system.prompt_processor.prompt=a_cat", f"system.prompt_processor.cache_dir={root}/cache",
+        f"exp_root_dir={root}", "use_timestamp=false", "trainer.enable_progress_bar=false",
+        "data.n_val_views=1", "data.n_test_views=1", "data.eval_width=32", "data.eval_height=32",
+        "trainer.max_steps=3", "trainer.val_check_interval=3",
+        "system.geometry.pos_encoding_config.n_levels=4", "system.geometry.pos_encoding_config.log2_hashmap_size=12",
+    ]
+
+
+def _require_sd() -> None:
+    from lift3d.registry import registered_names
+
+    if "stable-diffusion-guidance" not in registered_names():
+        pytest.skip("stable-diffusion-guidance is not registered (issue 3)")
+
+
+def test_magic3d_coarse_refine_resume_export_with_tiny_sd(tmp_path, tiny_sd_path):
+    import trimesh
+
+    _require_sd()
+    sd = _sd_overrides(tiny_sd_path, tmp_path)
+    _launch("--config", "configs/magic3d-coarse-sd.yaml", "--train", *sd, "data.width=32", "data.height=32",
+            "system.renderer.num_samples_per_ray=64", cwd=REPO)
+    coarse = tmp_path / "magic3d-coarse-sd" / "a_cat"
+    # 3 coarse steps leave the initial density blob (max ≈ 10): convert at 5 instead of threestudio's 25
+    _launch("--config", "configs/magic3d-refine-sd.yaml", "--train", *sd, "data.width=64", "data.height=64",
+            "system.geometry.isosurface_resolution=32", "system.geometry.convert_threshold=5",
+            f"system.geometry_convert_from={coarse}", cwd=REPO)
+    refine = tmp_path / "magic3d-refine-sd" / "a_cat"
+    parsed = OmegaConf.load(refine / "configs" / "parsed.yaml")
+    assert parsed.system.geometry_type == "tetrahedra-sdf-grid" and parsed.system.renderer_type == "nvdiff-rasterizer"
+    _launch("--config", str(refine / "configs" / "parsed.yaml"), "--train", f"resume={refine}/ckpts/last.ckpt",
+            "trainer.max_steps=5", cwd=REPO)
+    assert torch.load(refine / "ckpts" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 5
+    _launch("--config", str(refine / "configs" / "parsed.yaml"), "--export", f"resume={refine}/ckpts/last.ckpt",
+            "system.exporter.texture_size=64", cwd=REPO)
+    (obj,) = (refine / "save").glob("it*-export/model.obj")
+    tm = trimesh.load(obj, process=False, force="mesh")
+    assert len(tm.faces) > 100 and tm.visual.uv is not None
+    r = np.linalg.norm(tm.vertices, axis=1)  # the blob's density-5 surface: r = 0.5 (1 - softplus⁻¹(5) / 10)
+    assert abs(float(r.mean()) - 0.25) < 0.05
+
+
+def test_fantasia3d_train_export_with_tiny_sd(tmp_path, tiny_sd_path):
+    import trimesh
+
+    _require_sd()
+    sd = _sd_overrides(tiny_sd_path, tmp_path)
+    _launch("--config", "configs/fantasia3d.yaml", "--train", *sd, "data.width=64", "data.height=64",
+            "system.geometry.isosurface_resolution=32", "system.geometry.shape_init_steps=100",
+            "system.geometry.shape_init_lr=0.01", "system.geometry.shape_init_batch_size=1024", cwd=REPO)
+    trial = tmp_path / "fantasia3d" / "a_cat"
+    _launch("--config", str(trial / "configs" / "parsed.yaml"), "--export", f"resume={trial}/ckpts/last.ckpt", cwd=REPO)
+    (obj,) = (trial / "save").glob("it*-export/model.obj")
+    tm = trimesh.load(obj, process=False, force="mesh")
+    r = np.linalg.norm(tm.vertices, axis=1)  # shape_init: sphere of radius 0.5
+    assert len(tm.faces) > 500 and abs(float(r.mean()) - 0.5) < 0.05

@@ -203,7 +203,7 @@ class ImplicitSDF(BaseImplicitGeometry):
                 loss.backward()
                 optim.step()
         self.shape_initialized.fill_(True)
-        log.info("implicit-sdf: fitted shape_init=%s (final MSE %.3g)", self.cfg.shape_init, float(loss))
+        log.info("implicit-sdf: fitted shape_init=%s (final MSE %.3g)", self.cfg.shape_init, float(loss.detach()))
 
     def update_step(self, epoch: int, global_step: int) -> None:
         if self.training and self.cfg.shape_init is not None and not bool(self.shape_initialized):

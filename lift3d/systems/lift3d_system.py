@@ -55,6 +55,9 @@ class Lift3DSystem(BaseLift3DSystem):
         terms = dict(
             self.guidance(out[self.cfg.guidance_input], batch=view, prompt_utils=self.prompt_utils, render_out=out)
         )
+        evaluation = terms.pop("guidance_eval", None)  # image grid [H, W, 3] from a diffusion guidance
+        if evaluation is not None and self._save_dir is not None:
+            save_image(self.save_path(f"it{self.true_global_step}-guidance.png"), evaluation)
         terms.update(compute_regularizers(out, lambdas))
         if "random_camera" in batch:
             terms.update(self.reference_losses(batch, lambdas))
