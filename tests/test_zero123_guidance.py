@@ -7,7 +7,9 @@ import torch
 
 from lift3d.errors import ConfigError
 
-IMAGE = "load/images/capsule_rgba.png"
+from tests.helpers import REPO
+
+IMAGE = str(REPO / "load/images/capsule_rgba.png")
 REF = {"cond_elevation_deg": 15.0, "cond_azimuth_deg": 30.0, "cond_camera_distance": 3.8}
 BATCH = {"elevation": torch.tensor([15.0, 40.0, -5.0]), "azimuth": torch.tensor([30.0, 120.0, -90.0]),
          "camera_distances": torch.tensor([3.8, 3.0, 4.5])}
@@ -28,10 +30,7 @@ def make(path, name="zero123-guidance", **cfg):
 
 
 @pytest.fixture(scope="module")
-def guidance(tiny_zero123_path, repo_root):
-    import os
-
-    os.chdir(repo_root)
+def guidance(tiny_zero123_path):
     return make(tiny_zero123_path, guidance_scale=3.0)
 
 
