@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 
@@ -63,6 +64,8 @@ def main(argv: list[str]) -> int:
     if "CUDA_VISIBLE_DEVICES" not in os.environ and args.gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="[%(levelname)s] %(message)s")
+    if not args.verbose:
+        warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
 
     from lift3d.errors import Lift3DError
 
@@ -77,6 +80,10 @@ def run(args: argparse.Namespace, extras: list[str]) -> int:
     import torch
     import pytorch_lightning as pl
     from omegaconf import OmegaConf
+
+    if not args.verbose:  # Lightning's start-up chatter (accelerator tips, advertisements)
+        for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
     from lift3d.config import dump_config, load_config, validate_experiment
     from lift3d.registry import find
@@ -143,7 +150,8 @@ def run(args: argparse.Namespace, extras: list[str]) -> int:
         trainer.test(system, datamodule=datamodule, ckpt_path=ckpt)
     elif args.export:
         trainer.predict(system, datamodule=datamodule, ckpt_path=ckpt, return_predictions=False)
-    print(f"lift3d: outputs in {trial}")
+    device = "GPU" if trainer_args["accelerator"] in ("gpu", "cuda") else "CPU"
+    print(f"lift3d: done on {device}; outputs in {trial}")
     return 0
 
 
