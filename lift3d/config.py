@@ -8,7 +8,6 @@ its full dotted path, the component, and the valid keys.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import inspect
 import math
 import os
@@ -20,7 +19,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lift3d.errors import ConfigError
+from lift3d.errors import ConfigError, did_you_mean
 
 # ---------------------------------------------------------------- resolvers (threestudio's set)
 _RESOLVERS = {
@@ -147,10 +146,8 @@ def check_keys(cls: type, cfg: Any, path: str, component: str) -> None:
     for key in cfg.keys():
         full = f"{path}.{key}" if path else str(key)
         if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=3, cutoff=0.6)
-            hint = f" Did you mean: {', '.join(close)}?" if close else ""
             raise ConfigError(
-                f"unknown config key '{full}' for {component}.{hint} "
+                f"unknown config key '{full}' for {component}.{did_you_mean(key, fields)} "
                 f"Valid keys: {', '.join(sorted(fields))}."
             )
         nested = _nested_dataclass(hints.get(key))
@@ -190,10 +187,9 @@ def _check_call_kwargs(target: Any, cfg: Any, path: str, what: str) -> None:
     valid = [n for n in params if n != "self"]
     for key in (cfg or {}).keys():
         if key not in params:
-            close = difflib.get_close_matches(str(key), valid, n=3, cutoff=0.6)
-            hint = f" Did you mean: {', '.join(close)}?" if close else ""
             raise ConfigError(
-                f"unknown config key '{path}.{key}' for {what}.{hint} Valid keys: {', '.join(valid)}."
+                f"unknown config key '{path}.{key}' for {what}.{did_you_mean(key, valid)} "
+                f"Valid keys: {', '.join(valid)}."
             )
 
 

@@ -1,4 +1,12 @@
 """Exceptions users see. Each message says what is wrong and how to fix it."""
+import difflib
+from typing import Iterable
+
+
+def did_you_mean(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str:
+    """' Did you mean: a, b?' for the choices closest to `word`, or '' when none is close."""
+    close = difflib.get_close_matches(str(word), list(choices), n=3, cutoff=cutoff)
+    return f" Did you mean: {', '.join(close)}?" if close else ""
 
 
 class Lift3DError(Exception):

@@ -6,11 +6,10 @@ imports them.
 """
 from __future__ import annotations
 
-import difflib
 import importlib
 from typing import Callable, Dict, Type, TypeVar
 
-from lift3d.errors import RegistryError
+from lift3d.errors import RegistryError, did_you_mean
 
 T = TypeVar("T")
 
@@ -86,10 +85,8 @@ def find(name: str) -> type:
 
         load_plugins()
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=5, cutoff=0.5)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise RegistryError(
-            f"unknown registered name '{name}'.{hint} "
+            f"unknown registered name '{name}'.{did_you_mean(name, _REGISTRY, cutoff=0.5)} "
             f"Registered names: {', '.join(sorted(_REGISTRY))}."
         )
     return _REGISTRY[name]

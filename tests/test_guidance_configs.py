@@ -12,7 +12,8 @@ from tests.helpers import only_trial, run_launch
 SMALL = [
     "trainer.max_steps=3", "checkpoint.every_n_train_steps=3", "trainer.val_check_interval=3",
     "trainer.enable_progress_bar=false", "system.renderer.num_samples_per_ray=24",
-    "system.geometry.isosurface_resolution=24", "system.geometry.pos_encoding_config.n_levels=4",
+    "system.geometry.isosurface_resolution=24", "system.geometry.isosurface_threshold=auto",
+    "system.geometry.pos_encoding_config.n_levels=4",
     "system.geometry.pos_encoding_config.log2_hashmap_size=12", "system.guidance.guidance_eval_interval=2",
 ]
 DREAMFUSION = [

@@ -17,6 +17,11 @@ Semantics follow tiny-cuda-nn's ``HashGrid`` so that threestudio configs mean th
 Memory: the encoding is an ``autograd.Function`` that saves only ``x`` and ``params``; the
 backward recomputes corner indices and weights level by level. The backward is written with
 differentiable torch ops, so double backward (analytic normals, eikonal loss) works.
+
+Fast path: for CUDA float32 tensors the forward and the (first-order) backward run as Triton
+kernels (``lift3d.ops.triton.hashgrid``, dispatch policy in ``lift3d.ops.fast_path``); double
+backward always goes through the reference backward above. ``LIFT3D_DISABLE_TRITON=1`` forces the
+reference everywhere.
 """
 
 from __future__ import annotations
@@ -196,6 +201,17 @@ def _encode_backward(
     return grad_x, grad_params
 
 
+def _fast_kernels(x: torch.Tensor, params: torch.Tensor, n_features: int):
+    """The Triton kernel module when the fast path applies (CUDA, float32; lift3d.ops.fast_path), else None."""
+    from lift3d.ops.fast_path import use_triton
+
+    if not use_triton(x):
+        return None
+    from lift3d.ops.triton import hashgrid as kernels
+
+    return kernels if kernels.supported(x, params, n_features) else None
+
+
 class _HashGridFunction(torch.autograd.Function):
     # Under CUDA autocast the encoding still runs in float32 (tcnn keeps fp32 parameters too).
     @staticmethod
@@ -204,12 +220,23 @@ class _HashGridFunction(torch.autograd.Function):
         ctx.save_for_backward(x, params)
         ctx.levels = levels
         ctx.n_features = n_features
+        ctx.fast = _fast_kernels(x, params, n_features)
+        if ctx.fast is not None:
+            return ctx.fast.hashgrid_forward(x, params, levels, n_features)
         return _encode(x, params, levels, n_features)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_out: torch.Tensor):
         x, params = ctx.saved_tensors
+        # The Triton backward is not differentiable: double backward (create_graph=True, grad mode
+        # on here) takes the reference, whose backward is written with differentiable ops.
+        if ctx.fast is not None and not torch.is_grad_enabled():
+            grad_x, grad_params = ctx.fast.hashgrid_backward(
+                x, params, grad_out, ctx.levels, ctx.n_features,
+                need_x=ctx.needs_input_grad[0], need_params=ctx.needs_input_grad[1],
+            )
+            return grad_x, grad_params, None, None
         grad_x, grad_params = _encode_backward(
             x,
             params,

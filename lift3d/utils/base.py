@@ -48,8 +48,9 @@ def _component_name(obj: Any) -> str:
     return type(obj).__qualname__
 
 
-class BaseObject(Updateable):
-    """A configurable component that holds no trainable state (guidance, prompt processor...)."""
+class Configurable(Updateable):
+    """Parses `cfg` strictly into `self.cfg` (a typed view of the nested `Config`) and calls
+    `configure(*args, **kwargs)`, where subclasses build what they hold."""
 
     @dataclass
     class Config:
@@ -60,32 +61,36 @@ class BaseObject(Updateable):
     def __init__(self, cfg: Any = None, *args: Any, **kwargs: Any) -> None:
         super().__init__()
         self.cfg = parse_structured(self.Config, cfg, component=_component_name(self))
-        self.device = torch.device("cpu")
+        self.setup_defaults()
         self.configure(*args, **kwargs)
+
+    def setup_defaults(self) -> None:
+        """Attributes every instance has before configure() runs."""
 
     def configure(self, *args: Any, **kwargs: Any) -> None:
         pass
+
+
+class BaseObject(Configurable):
+    """A configurable component that holds no trainable state (guidance, prompt processor...)."""
+
+    @dataclass
+    class Config(Configurable.Config):
+        pass
+
+    def setup_defaults(self) -> None:
+        self.device = torch.device("cpu")
 
     def to(self, device: torch.device | str) -> "BaseObject":
         self.device = torch.device(device)
         return self
 
 
-class BaseModule(nn.Module, Updateable):
+class BaseModule(Configurable, nn.Module):
     """A configurable nn.Module (geometry, material, background, renderer...)."""
 
     @dataclass
-    class Config:
-        pass
-
-    cfg: Any
-
-    def __init__(self, cfg: Any = None, *args: Any, **kwargs: Any) -> None:
-        super().__init__()
-        self.cfg = parse_structured(self.Config, cfg, component=_component_name(self))
-        self.configure(*args, **kwargs)
-
-    def configure(self, *args: Any, **kwargs: Any) -> None:
+    class Config(Configurable.Config):
         pass
 
     @property
