@@ -90,7 +90,7 @@ def run(args: argparse.Namespace, extras: list[str]) -> int:
     from lift3d.utils.checkpointing import AtomicCheckpointIO, ResumableCSVLogger, read_checkpoint_step
 
     cfg = load_config(args.config, cli_args=extras)
-    validate_experiment(cfg)  # every section checked before any work starts
+    validate_experiment(cfg, fitting=args.train)  # every section checked before any work starts
     trial_paths(cfg, args)
     trial = Path(cfg.trial_dir)
 
@@ -115,7 +115,9 @@ def run(args: argparse.Namespace, extras: list[str]) -> int:
         dump_config(trial / "configs" / "raw.yaml", raw)
         with open(trial / "cmd.txt", "a") as fp:
             fp.write("python " + " ".join([sys.argv[0]] + list(sys.argv[1:])) + "\n")
-        checkpoint_args = {"save_last": True, "every_n_train_steps": 500, "save_top_k": -1}
+        # no "last-v1.ckpt" when a resumed run saves again: last.ckpt is always the newest
+        checkpoint_args = {"save_last": True, "every_n_train_steps": 500, "save_top_k": -1,
+                           "enable_version_counter": False}
         checkpoint_args.update(OmegaConf.to_container(cfg.checkpoint, resolve=True))
         callbacks.append(ModelCheckpoint(dirpath=str(trial / "ckpts"), **checkpoint_args))
         resume_step = read_checkpoint_step(cfg.resume) if cfg.resume else None
@@ -130,6 +132,8 @@ def run(args: argparse.Namespace, extras: list[str]) -> int:
     trainer_args.setdefault("devices", 1)
     trainer_args.setdefault("num_sanity_val_steps", 0)
     trainer_args.setdefault("enable_model_summary", False)
+    # plain no_grad for evaluation: analytic normals need autograd inside test/validation steps
+    trainer_args.setdefault("inference_mode", False)
     if args.export:
         trainer_args["limit_predict_batches"] = 1
     trainer = pl.Trainer(

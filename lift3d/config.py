@@ -193,12 +193,14 @@ def _check_call_kwargs(target: Any, cfg: Any, path: str, what: str) -> None:
             )
 
 
-def validate_experiment(cfg: DictConfig) -> None:
+def validate_experiment(cfg: DictConfig, fitting: bool = True) -> None:
     """Validate every section of an experiment before any work starts.
 
     Resolves data_type and system_type, parses their configs strictly, and lets the system class
     validate its own components (`validate_config`), which does the same for geometry, material,
-    background, renderer, guidance, prompt processor and exporter.
+    background, renderer, guidance, prompt processor and exporter. When not `fitting` (--test,
+    --validate, --export) the guidance and prompt processor keys are still checked, but the models
+    they would load are not looked up: those runs never load them.
     """
     from lift3d.registry import find
 
@@ -211,7 +213,7 @@ def validate_experiment(cfg: DictConfig) -> None:
     if hasattr(data_cls, "validate_config"):
         data_cls.validate_config(parse_structured(data_cls.Config, cfg.data, "data"))
     system_cls = find(cfg.system_type)
-    system_cls.validate_config(cfg.system, path="system", resumed=cfg.resume is not None)
+    system_cls.validate_config(cfg.system, path="system", resumed=cfg.resume is not None, fitting=fitting)
 
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint

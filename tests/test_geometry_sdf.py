@@ -163,6 +163,17 @@ def test_dmtet_shape_init_runs_at_training_start_and_errors_without_a_surface():
     empty.train()
     with pytest.raises(ConfigError, match="geometry_convert_from"):
         empty.do_update_step(0, 0)
+    # force_shape_init: a converted geometry is re-initialised at step 0 of a fresh run only
+    base = {"isosurface_resolution": 24, "pos_encoding_config": TINY_GRID, "mlp_network_config": TINY_MLP,
+            "shape_init": "sphere", "shape_init_params": 0.3, "force_shape_init": True}
+    resumed = find("tetrahedra-sdf-grid").create_from(geo, base)
+    resumed.train()
+    resumed.do_update_step(0, 7)  # a resumed run starts past step 0
+    assert abs(float(resumed.isosurface().v_pos.norm(dim=-1).mean()) - 0.5) < 0.01
+    fresh = find("tetrahedra-sdf-grid").create_from(geo, base)
+    fresh.train()
+    fresh.do_update_step(0, 0)
+    assert abs(float(fresh.isosurface().v_pos.norm(dim=-1).mean()) - 0.3) < 0.01
 
 
 def test_dmtet_mesh_shape_init_matches_the_mesh():

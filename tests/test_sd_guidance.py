@@ -256,3 +256,14 @@ def test_config_errors_before_loading(tiny_sd_path):
     message = str(info.value)
     assert "system.guidance.pretrained_model_name_or_path" in message and "Looked in" in message
     assert "tiny_factory" in message
+
+
+def test_benchmark_full_size_configs_match_the_released_models():
+    """benchmarks/bench_guidance.py --full-size builds SD 2.1-base / zero123-XL from config values:
+    on the meta device (no memory), their parameter counts match the released models."""
+    from benchmarks.bench_guidance import EXPECTED_PARAMS_M, parameter_counts
+
+    counts = parameter_counts(meta=True)
+    assert set(counts) == set(EXPECTED_PARAMS_M)
+    for name, n in counts.items():
+        assert n / 1e6 == pytest.approx(EXPECTED_PARAMS_M[name], rel=0.002), name

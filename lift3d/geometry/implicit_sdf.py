@@ -94,6 +94,7 @@ class ImplicitSDF(BaseImplicitGeometry):
             self.deformation_network = get_mlp(self.encoding.n_output_dims, 3, self.cfg.mlp_network_config)
         self.register_buffer("shape_initialized", torch.zeros((), dtype=torch.bool))
         self._tet_grid: Optional[tuple] = None
+        self._forced = False
 
     # ------------------------------------------------------------------ field
     def sdf_bias(self, points: torch.Tensor) -> torch.Tensor:
@@ -206,7 +207,12 @@ class ImplicitSDF(BaseImplicitGeometry):
         log.info("implicit-sdf: fitted shape_init=%s (final MSE %.3g)", self.cfg.shape_init, float(loss.detach()))
 
     def update_step(self, epoch: int, global_step: int) -> None:
-        if self.training and self.cfg.shape_init is not None and not bool(self.shape_initialized):
+        if not self.training or self.cfg.shape_init is None:
+            return
+        if self.cfg.force_shape_init and global_step == 0 and not self._forced:  # a fresh run, not a resumed one
+            self._forced = True
+            self.initialize_shape()
+        elif not bool(self.shape_initialized):
             self.initialize_shape()
 
     # ------------------------------------------------------------------ stage chaining

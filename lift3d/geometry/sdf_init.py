@@ -20,7 +20,6 @@ meshes. Negative is inside.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Optional, Tuple
 
 import numpy as np
@@ -36,7 +35,9 @@ __all__ = [
     "mesh_axes_to_world",
     "load_init_mesh",
     "MeshSDF",
+    "ShapeInitSDF",
     "shape_init_sdf",
+    "lattice_sdf_from_field",
 ]
 
 SHAPE_INIT_KINDS = ("sphere", "ellipsoid", "mesh:<path>")

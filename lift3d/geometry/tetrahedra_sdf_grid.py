@@ -17,7 +17,8 @@ Initialisation, in order of precedence:
    vertices (`lift3d.geometry.sdf_init`) when training starts (first training step), unless the
    geometry was converted, resumed or loaded (the `shape_initialized` buffer is saved in
    checkpoints), or right away with `initialize_shape()`;
-3. otherwise SDF 0 (no surface): give one of the above.
+   `force_shape_init` applies shape_init at the first step of a fresh run even after a conversion;
+3. otherwise SDF 0 (no surface): training refuses to start with a message naming both options.
 """
 from __future__ import annotations
 
@@ -97,7 +98,7 @@ class TetrahedraSDFGrid(BaseExplicitGeometry):
         shape_init_params: Any = None
         shape_init_mesh_up: str = "+z"
         shape_init_mesh_front: str = "+x"
-        force_shape_init: bool = False  # run shape_init even when the geometry was converted/loaded
+        force_shape_init: bool = False  # run shape_init at the start of a fresh run even when converted
         geometry_only: bool = False  # no texture field (features are empty)
         fix_geometry: bool = False  # sdf and deformation are frozen (buffers); the mesh is cached
         # conversion from an implicit field (create_from): the source level (null: the source's
@@ -139,6 +140,7 @@ class TetrahedraSDFGrid(BaseExplicitGeometry):
             self.encoding = get_encoding(self.cfg.n_input_dims, self.cfg.pos_encoding_config)
             self.feature_network = get_mlp(self.encoding.n_output_dims, self.cfg.n_feature_dims, self.cfg.mlp_network_config)
         self._mesh: Optional[Mesh] = None
+        self._forced = False
 
     # ------------------------------------------------------------------ initialisation
     def set_sdf(self, sdf: torch.Tensor, deformation: Optional[torch.Tensor] = None) -> None:
@@ -163,7 +165,12 @@ class TetrahedraSDFGrid(BaseExplicitGeometry):
         log.info("tetrahedra-sdf-grid: SDF initialised from shape_init=%s", self.cfg.shape_init)
 
     def update_step(self, epoch: int, global_step: int) -> None:
-        if not self.training or bool(self.shape_initialized):
+        if not self.training:
+            return
+        if self.cfg.force_shape_init and global_step == 0 and not self._forced:  # a fresh run, not a resumed one
+            self._forced = True
+            self.initialize_shape()
+        if bool(self.shape_initialized):
             return
         if self.cfg.shape_init is None:
             raise ConfigError(
@@ -185,7 +192,7 @@ class TetrahedraSDFGrid(BaseExplicitGeometry):
 
     def isosurface(self) -> Mesh:
         """Marching tets → Mesh (world coordinates), differentiable in sdf and deformation."""
-        if self.cfg.fix_geometry and self._mesh is not None:
+        if self.cfg.fix_geometry and self._mesh is not None and self._mesh.device == self.sdf.device:
             return self._mesh
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.fix_geometry):
             v_pos, faces = marching_tets(self.deformed_vertices(), self.sdf, self.tets)

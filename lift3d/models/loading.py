@@ -17,13 +17,15 @@ import threading
 from typing import Callable, Optional, Sequence, TypeVar
 from urllib.parse import urlparse
 
+from lift3d.errors import Lift3DError
+
 T = TypeVar("T")
 
 _OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DIFFUSERS_OFFLINE")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
 
 
-class ModelNotFoundError(ValueError):
+class ModelNotFoundError(Lift3DError, ValueError):
     """A pretrained model could not be found locally (or on the Hub when online)."""
 
 

@@ -40,11 +40,15 @@ triangles entirely behind the camera, entirely outside one frustum plane, or deg
 Speed: triangles are binned by their screen bounding box; candidate (triangle, pixel) pairs are
 enumerated in chunks of at most ``chunk_pixels`` and the depth test is one ``scatter_reduce(amin)``
 over packed int64 keys ``(sortable float32 depth bits << 32) | triangle_id``.
+
+Fast path: for CUDA float32 positions the depth test runs as a tiled Triton kernel
+(``lift3d.ops.triton.rasterize``; policy in ``lift3d.ops.fast_path``) between the same triangle
+setup and resolve, so ``rast`` is the same; ``chunk_pixels`` then does not apply.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -142,6 +146,50 @@ def rasterize(
     if int(tri.min()) < 0 or int(tri.max()) >= V:
         raise ValueError(f"tri indices must be in [0, {V}), got range [{int(tri.min())}, {int(tri.max())}]")
 
+    setup = _setup_triangles(pos, tri, H, W)
+    if setup is None:
+        return rast
+    from lift3d.ops.fast_path import use_triton
+
+    if use_triton(pos) and dtype == torch.float32:
+        from lift3d.ops.triton import rasterize as kernels
+
+        hit, face = kernels.rasterize_winners(setup, B, H, W)
+    else:
+        hit, face = _reference_winners(setup, B, H, W, chunk_pixels)
+    return _resolve_winners(rast, setup, hit, face)
+
+
+class _TriangleSetup(NamedTuple):
+    """Per-(batch element, triangle) setup of :func:`rasterize` (shared by the Triton fast path).
+
+    ``E [B,F,3,3]``: ``mu_i = E_i . (X, Y, 1)``; ``Zp [B,F,3]``: ``z/w = Zp . (X, Y, 1)``. The other
+    fields describe the ``T`` triangles that have candidate pixels, in ascending ``(b, f)`` order:
+    ``sel [T]`` (flat ``b * F + f``), ``bidx``, ``fidx``, ``table [T,12]`` (E then Zp),
+    the pixel-index bounding box ``x0, y0, nx, ny`` and ``count = nx * ny``; ``xs [W], ys [H]``
+    are the pixel centres in NDC.
+    """
+
+    E: Tensor
+    Zp: Tensor
+    sel: Tensor
+    bidx: Tensor
+    fidx: Tensor
+    table: Tensor
+    x0: Tensor
+    y0: Tensor
+    nx: Tensor
+    ny: Tensor
+    count: Tensor
+    xs: Tensor
+    ys: Tensor
+
+
+def _setup_triangles(pos: Tensor, tri: Tensor, H: int, W: int) -> Optional[_TriangleSetup]:
+    """Triangle setup of :func:`rasterize`; None when no triangle has a candidate pixel."""
+    B = pos.shape[0]
+    device, dtype = pos.device, pos.dtype
+    F = tri.shape[0]
     # ---- triangle setup (per batch element and triangle) -----------------------------------
     v = pos[:, tri]  # [B,F,3,4]
     x, y, z, w = v.unbind(-1)  # [B,F,3] each
@@ -177,20 +225,25 @@ def rasterize(
     count = count.reshape(-1)
     sel = torch.nonzero(count > 0).squeeze(1)
     if sel.numel() == 0:
-        return rast
+        return None
     count = count[sel]
     bidx = sel // F
     fidx = sel % F
     table = torch.cat([E.reshape(B * F, 9), Zp.reshape(B * F, 3)], dim=1)[sel]  # [T,12]
-    x0 = x0.reshape(-1)[sel]
-    y0 = y0.reshape(-1)[sel]
-    nx = nx.reshape(-1)[sel]
     xs, ys = pixel_centers_ndc(H, W, device, dtype)
+    return _TriangleSetup(E, Zp, sel, bidx, fidx, table, x0.reshape(-1)[sel], y0.reshape(-1)[sel],
+                          nx.reshape(-1)[sel], ny.reshape(-1)[sel], count, xs, ys)
 
+
+def _reference_winners(s: _TriangleSetup, B: int, H: int, W: int, chunk_pixels: int) -> Tuple[Tensor, Tensor]:
+    """Depth test in PyTorch: (flat indices of covered pixels [N], winning triangle [N] long)."""
+    device = s.table.device
+    count, bidx, fidx, table, x0, y0, nx, xs, ys = (
+        s.count, s.bidx, s.fidx, s.table, s.x0, s.y0, s.nx, s.xs, s.ys)
     keys = torch.full((B * H * W,), _EMPTY_KEY, dtype=torch.int64, device=device)
     cum = torch.cumsum(count, 0)
     cum_cpu = cum.cpu()
-    T = sel.numel()
+    T = s.sel.numel()
     start = 0
     done = 0
     while start < T:
@@ -221,12 +274,16 @@ def rasterize(
             keys.scatter_reduce_(0, pix, key, reduce="amin", include_self=True)
         done += total
         start = end
-
-    # ---- resolve the winners: recompute barycentrics and depth at covered pixels -------------
     hit = torch.nonzero(keys != _EMPTY_KEY).squeeze(1)
+    return hit, keys[hit] & _LOW32
+
+
+def _resolve_winners(rast: Tensor, s: _TriangleSetup, hit: Tensor, face: Tensor) -> Tensor:
+    """Recompute barycentrics and depth of the winning triangles at covered pixels into ``rast``."""
+    B, H, W, _ = rast.shape
     if hit.numel() == 0:
         return rast
-    face = keys[hit] & _LOW32
+    E, Zp, xs, ys = s.E, s.Zp, s.xs, s.ys
     b = hit // (H * W)
     pix = hit % (H * W)
     X = xs[pix % W]
@@ -236,7 +293,7 @@ def rasterize(
     lam = mu / mu.sum(-1, keepdim=True)
     zp = Zp[b, face]
     depth = zp[:, 0] * X + zp[:, 1] * Y + zp[:, 2]
-    vals = torch.stack([lam[:, 0], lam[:, 1], depth, (face + 1).to(dtype)], dim=-1)
+    vals = torch.stack([lam[:, 0], lam[:, 1], depth, (face + 1).to(rast.dtype)], dim=-1)
     rast.view(B * H * W, 4)[hit] = vals
     return rast
 

@@ -15,6 +15,10 @@ Memory: a candidate sample (before skipping) costs about 150 bytes of transient 
 ``chunk_size``, not by the number of rays; each returned sample costs 16 bytes (8 for the long ray
 index, 4 + 4 for float32 t_start/t_end), i.e. 16 MB per million kept samples, plus ~12 bytes per
 ray. Each chunk costs ~2 host syncs on GPU (boolean-mask compaction), plus one for the sizes.
+
+Fast path: for CUDA float32 rays the candidate generation and occupancy test run as a two-pass
+Triton kernel (count survivors per ray, then write them; ``lift3d.ops.triton.volume``) that
+returns the same samples with one host sync; alpha pruning still calls ``alpha_fn`` in torch.
 """
 
 from __future__ import annotations
@@ -126,6 +130,15 @@ def march_rays(
     valid = (t_b > t_a) & torch.isfinite(t_a) & torch.isfinite(t_b) & (rays_d != 0).any(dim=-1)
     steps = torch.ceil((t_b - t_a) / dt - 1e-4)
     n_steps = torch.where(valid, steps, torch.zeros_like(steps)).clamp_min(0).long()  # [N]
+
+    from lift3d.ops.fast_path import use_triton
+
+    if use_triton(rays_o):
+        from lift3d.ops.triton import volume as kernels
+
+        if kernels.supported_march(rays_o, occupancy_grid):
+            return kernels.march_samples(rays_o, rays_d, t_a, t_b, n_steps, dt, occupancy_grid, alpha_fn,
+                                         alpha_thre, max_samples_per_ray, chunk_size)
 
     counts_cpu = n_steps.cpu()  # the one host sync needed to size the output
     csum = torch.cumsum(counts_cpu, 0)

@@ -12,6 +12,11 @@ The exclusive per-ray sum is one cumulative sum over the whole packed array minu
 the ray's first sample. That global running sum grows with the number of rays, so it is done in
 float64 (cast back afterwards): in float32 the subtraction would lose ~7 digits of the total
 (e.g. an absolute error ~1e-2 in the exponent once the total reaches 1e5).
+
+Fast path: for CUDA float32 tensors ``render_weight_from_density`` /
+``render_transmittance_from_density`` (forward and backward) and ``accumulate_along_rays`` run as
+Triton kernels, one program per ray (``lift3d.ops.triton.volume``; policy in
+``lift3d.ops.fast_path``). They scan each ray in float32, with no global prefix sum.
 """
 
 from __future__ import annotations
@@ -20,6 +25,17 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
+
+
+def _fast_kernels(*tensors: Optional[Tensor]):
+    """The Triton kernel module when the fast path applies (CUDA float32; lift3d.ops.fast_path)."""
+    from lift3d.ops.fast_path import use_triton
+
+    if not use_triton(tensors[0]):
+        return None
+    from lift3d.ops.triton import volume as kernels
+
+    return kernels if kernels.supported_composite(*tensors) else None
 
 
 def _ray_start_index(ray_indices: Tensor, n_rays: int) -> Tensor:
@@ -38,6 +54,10 @@ def render_transmittance_from_density(
     if ray_indices.numel() == 0:
         z = sigmas.reshape(-1)
         return z.new_ones(0), z.new_zeros(0)
+    fast = _fast_kernels(sigmas, t_starts, t_ends)
+    if fast is not None:
+        _, trans, alphas = fast.render_weight_from_density(t_starts, t_ends, sigmas, ray_indices, n_rays)
+        return trans, alphas
     sigma_delta = sigmas.reshape(-1) * (t_ends - t_starts).reshape(-1)  # [S]
     alphas = 1.0 - torch.exp(-sigma_delta)
     sd64 = sigma_delta.double()
@@ -60,6 +80,9 @@ def render_weight_from_density(
     Returns:
         weights [S], transmittance [S], alphas [S]; differentiable w.r.t. sigmas.
     """
+    fast = _fast_kernels(sigmas, t_starts, t_ends) if ray_indices.numel() > 0 else None
+    if fast is not None:
+        return fast.render_weight_from_density(t_starts, t_ends, sigmas, ray_indices, n_rays)
     trans, alphas = render_transmittance_from_density(t_starts, t_ends, sigmas, ray_indices,
                                                       n_rays)
     return trans * alphas, trans, alphas
@@ -76,6 +99,9 @@ def accumulate_along_rays(
         [n_rays, C] (C = 1 when values is None: the opacity sum_i w_i, or for 1-D values).
         Rays without samples get 0. Differentiable w.r.t. weights and values (index_add).
     """
+    fast = _fast_kernels(weights, values)
+    if fast is not None:
+        return fast.accumulate_along_rays(weights, values, ray_indices, n_rays)
     w = weights.reshape(-1, 1)
     if values is None:
         src = w

@@ -238,8 +238,9 @@ class StableDiffusionPromptProcessor(BasePromptProcessor):
         text_encoder = CLIPTextModel.from_pretrained(self.model_path, subfolder="text_encoder").to(device)
         text_encoder.eval()
         try:
-            tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
-                               truncation=True, return_tensors="pt")
+            # 77 for CLIP; a tokenizer folder without model_max_length reports a huge number
+            max_length = min(int(tokenizer.model_max_length), int(text_encoder.config.max_position_embeddings))
+            tokens = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
             embeddings = text_encoder(tokens.input_ids.to(device))[0].float().cpu()
         finally:
             del text_encoder, tokenizer

@@ -70,12 +70,14 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
         ("exporter", "exporter_type"),
     )
     REQUIRED = ("geometry", "renderer", "guidance")
+    # built only when fitting (they may load diffusion models): --test/--export never need them
+    FIT_ONLY = ("guidance", "prompt_processor")
     # losses the system computes itself (besides the guidance's and the shared regularizers)
     system_losses: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ validation (before work)
     @classmethod
-    def validate_config(cls, cfg: Any, path: str = "system", resumed: bool = False) -> Any:
+    def validate_config(cls, cfg: Any, path: str = "system", resumed: bool = False, fitting: bool = True) -> Any:
         name = _registered_name(cls)
         parsed = parse_structured(cls.Config, cfg, path, f"system '{name}'")
         produced: set[str] = set(REGULARIZERS) | set(cls.system_losses)
@@ -87,7 +89,7 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
                 continue
             comp_cls = find(type_name)
             sub = parse_structured(comp_cls.Config, parsed[comp], f"{path}.{comp}", f"{comp} '{type_name}'")
-            if hasattr(comp_cls, "validate_config"):
+            if hasattr(comp_cls, "validate_config") and (fitting or comp not in cls.FIT_ONLY):
                 comp_cls.validate_config(sub)
             if comp == "guidance":
                 produced |= {p[len("loss_"):] for p in getattr(comp_cls, "produces", ())}
