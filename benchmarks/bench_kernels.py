@@ -39,7 +39,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes (CPU: runs the kernels in Triton's interpreter)")
-    p.add_argument("--repeats", type=int, default=None, help="timed repeats per row (default 50 GPU, 3 CPU)")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats per row (default 50 GPU, 1 CPU)")
     p.add_argument("--only", default="", help="comma-separated subset: hashgrid,composite,march,rasterize")
     return p.parse_args(argv)
 
@@ -174,7 +174,7 @@ def march_case(device, smoke: bool):
     from lift3d.ops.ray_marching import march_rays
 
     radius = 2.0
-    n_side = 16 if smoke else 128
+    n_side = 8 if smoke else 128
     res = 8 if smoke else 32
     grid = OccupancyGrid([-radius] * 3 + [radius] * 3, resolution=res).to(device)
     centers = grid.cell_centers().reshape(-1, 3)
@@ -245,8 +245,8 @@ def main(args) -> int:
         print(f"the fast path is off for {device} ({describe()}); nothing to compare")
         return 2
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    repeats = args.repeats or (50 if device.type == "cuda" else 3)
-    warmup = 5 if device.type == "cuda" else 1
+    repeats = args.repeats or (50 if device.type == "cuda" else 1)
+    warmup = 5 if device.type == "cuda" else 0
     only = [s for s in args.only.split(",") if s] or list(CASES)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (Triton interpreter: smoke run)"
     print(f"kernel benchmark on {name}; torch {torch.__version__}; {describe()}")

@@ -81,6 +81,16 @@ def parse_overrides(cli_args: list[str]) -> DictConfig:
         raise ConfigError(f"bad override in {cli_args}: {exc}") from None
 
 
+def check_mandatory(cfg: DictConfig) -> None:
+    """Values marked ??? must be given (on the command line or in another YAML)."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(
+            f"mandatory config value(s) not given: {', '.join(missing)} (marked ??? in the config). "
+            f"Give them on the command line, e.g. {missing[0]}=<value>."
+        )
+
+
 def load_config(*yaml_paths: str, cli_args: list[str] = (), validate: bool = False) -> DictConfig:
     """Merge YAML files and overrides onto the ExperimentConfig schema; resolve interpolations."""
     cfgs = []
@@ -94,6 +104,7 @@ def load_config(*yaml_paths: str, cli_args: list[str] = (), validate: bool = Fal
     cfgs.append(parse_overrides(list(cli_args)))
     raw = OmegaConf.merge(*cfgs)
     check_keys(ExperimentConfig, raw, path="", component="the experiment (top level)")
+    check_mandatory(raw)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), raw)
         OmegaConf.resolve(merged)
@@ -204,6 +215,7 @@ def validate_experiment(cfg: DictConfig, fitting: bool = True) -> None:
     """
     from lift3d.registry import find
 
+    check_mandatory(cfg)
     if not cfg.data_type:
         raise ConfigError("config has no 'data_type': name a data module, e.g. random-camera-datamodule.")
     if not cfg.system_type:

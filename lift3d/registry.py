@@ -38,6 +38,8 @@ BUILTIN_MODULES = (
     "lift3d.guidance.stable_diffusion",
     "lift3d.guidance.zero123",
     "lift3d.systems.aliases",
+    "lift3d.materials.pbr",
+    "lift3d.export.pbr_textures",
 )
 _builtins_loaded = False
 

@@ -71,3 +71,12 @@ def test_cli_error_is_fast_and_clean(tmp_path):
     assert proc.returncode == 2
     assert "system.geometry.foo" in proc.stderr and "Traceback" not in proc.stderr
     assert time.time() - start < 60
+
+
+@pytest.mark.parametrize("config, key", [("configs/dreamfusion-sd.yaml", "system.prompt_processor.prompt"),
+                                         ("configs/reconstruct-dmtet.yaml", "system.geometry_convert_from")])
+def test_mandatory_value_missing(capsys, tmp_path, config, key):
+    code = launch.main(["--config", config, "--train", f"exp_root_dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 2 and key in err and "???" in err
+    assert not any(tmp_path.iterdir())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -370,16 +371,15 @@ def test_march_rays_samples_exactly_equal(kernels, small_blocks, levels):
     torch.manual_seed(levels)
     grid = OccupancyGrid([-1.0, -0.8, -1.0, 1.0, 1.2, 1.0], resolution=8, levels=levels).to(DEVICE)
     grid.binary.copy_(torch.rand(grid.binary.shape, device=DEVICE) > 0.6)
-    o, d = _rays(40, seed=levels)
-    far = torch.full((40,), 1e10, device=DEVICE)
+    o, d = _rays(24, seed=levels)
+    far = torch.full((24,), 1e10, device=DEVICE)
     far[5] = 2.0  # per-ray far plane
     alpha_fn = lambda a, b, r: (torch.sin(40.0 * a) + torch.cos(3.0 * r.to(a.dtype))).abs()  # noqa: E731
     cases = [
         dict(),
         dict(occupancy_grid=grid),
-        dict(occupancy_grid=grid, max_samples_per_ray=7),
+        dict(occupancy_grid=grid, max_samples_per_ray=7, stratified=True),
         dict(occupancy_grid=grid, alpha_fn=alpha_fn, alpha_thre=0.5, max_samples_per_ray=5),
-        dict(occupancy_grid=grid, stratified=True),
     ]
     n_total = 0
     for i, kw in enumerate(cases):
@@ -395,7 +395,7 @@ def test_march_rays_samples_exactly_equal(kernels, small_blocks, levels):
         n_total += fast[0].numel()
         if "max_samples_per_ray" in kw:
             assert int(torch.bincount(fast[0]).max()) <= kw["max_samples_per_ray"]
-    assert n_total > 500  # the scenes do produce samples
+    assert n_total > 300  # the scenes do produce samples
 
 
 def test_march_rays_empty_and_float64_fall_back(kernels):
@@ -476,3 +476,23 @@ def test_rasterize_mesh_and_depth_ties(kernels):
     assert torch.equal(out["rast"], ref_out["rast"])
     assert torch.equal(out["face_id"], ref_out["face_id"])
     assert 0.1 < float(out["mask"].mean()) < 0.9
+
+
+# ------------------------------------------------------------------------- GPU compilation (no GPU)
+def test_kernels_compile_for_hopper(tmp_path):
+    """The interpreter does not run Triton's compiler: compile each kernel for sm_90 (LLVM + the
+    ptxas bundled with triton; no GPU needed), so that CI catches what only compilation rejects."""
+    import subprocess
+
+    triton = pytest.importorskip("triton")
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    if not ptxas.is_file():
+        pytest.skip(f"this triton build has no NVIDIA backend / ptxas ({ptxas})")
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "LIFT3D_TRITON_ON_CPU")}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "triton-cache")  # a cold cache: really compile
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-m", "lift3d.ops.triton.compile_check", "--quick", "--resources"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "compiled 8 kernel specialisations for sm_90" in proc.stdout
+    assert "local 0]" in proc.stdout and "local 1" not in proc.stdout.replace("local 0", "")  # no spills

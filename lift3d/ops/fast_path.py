@@ -10,9 +10,11 @@ install time; the kernels are compiled by Triton's JIT at first use (cached unde
 * the environment variable ``LIFT3D_DISABLE_TRITON`` is not set to a true value
   (``1``/``true``/``yes``/``on``), and
 * ``triton`` imports, and
-* either the tensor lives on a CUDA device, or it lives on the CPU while ``TRITON_INTERPRET=1``
-  **and** ``LIFT3D_TRITON_ON_CPU=1`` (the interpreter runs the kernels with NumPy: very slow, for
-  tests only, hence the explicit opt-in).
+* either the tensor lives on a CUDA device (compute capability 7.5 or newer) on which a probe
+  kernel compiled and ran once (``lift3d.ops.triton.probe``; if it fails -- no C compiler for
+  Triton's launcher, say -- lift3d warns once and uses the reference), or it lives on the CPU while
+  ``TRITON_INTERPRET=1`` **and** ``LIFT3D_TRITON_ON_CPU=1`` (the interpreter runs the kernels with
+  NumPy: very slow, for tests only, hence the explicit opt-in).
 
 Each call site checks its own extra conditions (dtype float32, supported shapes) and otherwise
 falls back to the reference. The environment is read at every call, so it can be switched at run
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from typing import Optional
 
 import torch
@@ -61,13 +64,38 @@ def interpreter_on_cpu() -> bool:
     return _env_true("TRITON_INTERPRET") and _env_true("LIFT3D_TRITON_ON_CPU")
 
 
+MIN_CAPABILITY = (7, 5)  # Turing and newer
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_device_ok(index: int) -> bool:
+    """Once per CUDA device: recent enough, and a probe kernel compiles and runs (else warn, reference)."""
+    capability = torch.cuda.get_device_capability(index)
+    if capability < MIN_CAPABILITY:
+        warnings.warn(f"lift3d: GPU {index} has compute capability {capability}; the Triton fast path needs "
+                      f"{MIN_CAPABILITY} or newer: using the PyTorch reference kernels.")
+        return False
+    try:
+        from lift3d.ops.triton.probe import probe
+
+        probe(torch.device("cuda", index))
+    except Exception as exc:  # no C compiler for Triton's launcher, unsupported GPU, ...
+        warnings.warn(f"lift3d: Triton cannot run on GPU {index} ({type(exc).__name__}: {exc}); "
+                      "using the PyTorch reference kernels (set LIFT3D_DISABLE_TRITON=1 to silence this).")
+        return False
+    return True
+
+
 def use_triton(tensor: Optional[torch.Tensor]) -> bool:
     """Whether the Triton fast path should handle an op whose main input is ``tensor``."""
     if tensor is None or triton_disabled():
         return False
     device = tensor.device.type
     if device == "cuda":
-        return triton_available()
+        if not triton_available():
+            return False
+        index = tensor.device.index if tensor.device.index is not None else torch.cuda.current_device()
+        return _cuda_device_ok(index)
     if device == "cpu":
         return interpreter_on_cpu() and triton_available()
     return False

@@ -8,7 +8,12 @@ that differ by one term are one system with a switch).
   mask losses (lambda_rgb, lambda_mask) and the random views `zero123-guidance` SDS. Defaults:
   implicit-volume, no-material, white solid-color background, nerf-volume-renderer, zero123-guidance.
 
-Both are `Lift3DSystem` with other config defaults only; nothing else differs.
+- `magic3d-system`: Magic3D's coarse NeRF and refine mesh stages (defaults as dreamfusion-system;
+  the refine stage's geometry/renderer come from its config and `geometry_convert_from`).
+- `fantasia3d-system`: Fantasia3D's geometry stage (implicit-sdf/tetrahedra-sdf-grid rendered by
+  the mesh rasterizer, SD guidance on normals) and appearance stage.
+
+All are `Lift3DSystem` with other config defaults only; nothing else differs.
 """
 from __future__ import annotations
 
@@ -42,4 +47,21 @@ class Zero123System(Lift3DSystem):
         guidance_type: str = "zero123-guidance"
 
 
-__all__ = ["DreamFusionSystem", "Zero123System"]
+@register("magic3d-system")
+class Magic3DSystem(DreamFusionSystem):
+    pass
+
+
+@register("fantasia3d-system")
+class Fantasia3DSystem(Lift3DSystem):
+    @dataclass
+    class Config(Lift3DSystem.Config):
+        geometry_type: str = "implicit-sdf"
+        material_type: str = "no-material"
+        background_type: str = "solid-color-background"
+        renderer_type: str = "mesh-rasterizer"
+        prompt_processor_type: str = "stable-diffusion-prompt-processor"
+        guidance_type: str = "stable-diffusion-guidance"
+
+
+__all__ = ["DreamFusionSystem", "Zero123System", "Magic3DSystem", "Fantasia3DSystem"]

@@ -5,6 +5,15 @@ guidance and prompt processor only when fitting, so --export/--test never load a
 propagates `update_step` to every component and to the training dataset, evaluates scheduled
 values with `C()`, parses optimizer/scheduler configs, chains stages through
 `geometry_convert_from`, and writes what users look at under `<trial>/save/`.
+
+Trainable guidance state: a guidance is a plain attribute (its frozen models stay out of the
+module tree and of checkpoints), but it may own trainable weights (e.g. X-Dreamer's CG-LoRA).
+A guidance that defines `trainable_modules() -> nn.Module | None` gets that module registered as
+the system's child `guidance_params`, so it is saved in checkpoints, reached by `update_step`,
+moved with the system, and optimised (optimizer group `guidance_params` or `guidance_params.<sub>`).
+The guidance is built in `setup("fit")`, before Lightning restores a resumed checkpoint and
+builds the optimizer; runs that never build a guidance (--test, --export) drop the
+`guidance_params.*` entries of the checkpoint they load.
 """
 from __future__ import annotations
 
@@ -149,13 +158,20 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
             previous, geometry_cfg, copy_net=self.cfg.geometry_convert_inherit_texture
         )
 
-    def build_guidance(self) -> None:
-        """Create the guidance and prompt processor (may load diffusion models); idempotent."""
+    def build_guidance(self, move: bool = True) -> None:
+        """Create the guidance and prompt processor (may load diffusion models); idempotent.
+        `move`: also move the guidance to the system's device (not in `setup`, where the system
+        has not been moved yet)."""
         if self.guidance is None:
             self.prompt_processor = find(self.cfg.prompt_processor_type)(self.cfg.prompt_processor)
             self.prompt_utils = self.prompt_processor()
             self.guidance = find(self.cfg.guidance_type)(self.cfg.guidance)
-        self.guidance.to(self.device)
+            trainable = getattr(self.guidance, "trainable_modules", None)
+            module = trainable() if callable(trainable) else None
+            if module is not None:
+                self.guidance_params = module  # nn.Module child: checkpointed, optimised, moved
+        if move:
+            self.guidance.to(self.device)
 
     # ------------------------------------------------------------------ step-dependent values
     def C(self, value: Any) -> Any:
@@ -170,6 +186,10 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._loaded_global_step = int(checkpoint.get("global_step", 0))
+        if "guidance_params" not in self._modules:  # no guidance built (--test/--export): not needed
+            state = checkpoint.get("state_dict", {})
+            for key in [k for k in state if k.startswith("guidance_params.")]:
+                del state[key]
 
     @property
     def true_current_epoch(self) -> int:
@@ -182,6 +202,10 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
         dataset = getattr(datamodule, "train_dataset", None)
         if isinstance(dataset, Updateable):
             dataset.do_update_step(epoch, step)
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":  # before a resumed checkpoint is restored (it may hold guidance_params.*)
+            self.build_guidance(move=False)
 
     def on_fit_start(self) -> None:
         self.build_guidance()

@@ -61,9 +61,12 @@ def _axis(x_ptr, rows, mask, scale, d: tl.constexpr, D: tl.constexpr):
 def _factor(t, c, bit: tl.constexpr):
     """Interpolation factor and corner coordinate of one axis for corner bit ``bit``."""
     if bit:
-        return t, c + 1
+        w = t
+        k = c + 1
     else:
-        return 1.0 - t, c
+        w = 1.0 - t
+        k = c
+    return w, k
 
 
 @triton.jit
@@ -148,18 +151,15 @@ def _bwd_kernel(
     dx1 = tl.zeros([BLOCK], dtype=tl.float32)
     dx2 = tl.zeros([BLOCK], dtype=tl.float32)
     for corner in tl.static_range(1 << D):
-        b0: tl.constexpr = corner & 1
-        b1: tl.constexpr = (corner >> 1) & 1
-        b2: tl.constexpr = (corner >> 2) & 1
-        w0, k0 = _factor(t0, c0, b0)
+        w0, k0 = _factor(t0, c0, corner & 1)
         w1 = tl.full([BLOCK], 1.0, tl.float32)
         w2 = tl.full([BLOCK], 1.0, tl.float32)
         k1 = c1
         k2 = c2
         if D > 1:
-            w1, k1 = _factor(t1, c1, b1)
+            w1, k1 = _factor(t1, c1, (corner >> 1) & 1)
         if D > 2:
-            w2, k2 = _factor(t2, c2, b2)
+            w2, k2 = _factor(t2, c2, (corner >> 2) & 1)
         idx = _corner_index(k0, k1, k2, res, size, hashed, D)
         entry = offset + idx.to(tl.int64)
         ptrs = entry[:, None] * F + feat[None, :]
@@ -170,17 +170,17 @@ def _bwd_kernel(
             f = tl.load(table_ptr + ptrs, mask=mask[:, None], other=0.0)
             gf = tl.sum(f * g, axis=1)  # [BLOCK]
             # d w / d t_d replaces axis d's factor (1 - t, t) by (-1, +1)
-            if b0:
+            if corner & 1:
                 dx0 += gf * (w1 * w2)
             else:
                 dx0 -= gf * (w1 * w2)
             if D > 1:
-                if b1:
+                if (corner >> 1) & 1:
                     dx1 += gf * (w0 * w2)
                 else:
                     dx1 -= gf * (w0 * w2)
             if D > 2:
-                if b2:
+                if (corner >> 2) & 1:
                     dx2 += gf * (w0 * w1)
                 else:
                     dx2 -= gf * (w0 * w1)

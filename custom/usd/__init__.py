@@ -1,0 +1,12 @@
+"""USD plugin (shared/methods/usd.md): unbiased score distillation for image-to-3D (Zero-1-to-3
+against Stable Diffusion's unconditional prediction, plus a reference-view delta term) and for
+three-stage text-to-3D. Registers:
+
+- guidances `usd-image-guidance` (image_guidance.py) and `usd-text-guidance` (text_guidance.py);
+- data module `usd-image-datamodule` (data.py): single-image-datamodule + USD's test turntable;
+- systems `usd-system` and `usd-text-system` (systems.py): lift3d-system with USD defaults.
+
+Configs: custom/usd/configs/ (usd-patch.yaml; usd-text-to-3D-{patch,geometry,texture}.yaml);
+commands: custom/usd/README.md.
+"""
+from . import data, image_guidance, systems, text_guidance  # noqa: F401  (registration)

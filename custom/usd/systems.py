@@ -1,0 +1,47 @@
+"""USD's system names: `lift3d-system` with USD's defaults (DESIGN.md: systems that differ by one
+term are one system with a switch; nothing else differs).
+
+- `usd-system`: image-to-3D (shared/methods/usd.md §2). implicit-volume, no-material, white
+  solid-color background, patch-renderer, `usd-image-guidance`; with `usd-image-datamodule` (or
+  `single-image-datamodule`) the guidance also gets the reference view (its delta term,
+  `loss_usd_ref`, through lift3d-system's reference-view hook), rgb/mask losses are available
+  (lambda_rgb, lambda_mask; off in usd-patch.yaml), and the test pass writes the RGBA views and
+  their poses as transforms.json (`save_rgba_dataset`, on by default here).
+- `usd-text-system`: text-to-3D (§3). implicit-volume, no-material, neural-environment-map
+  background, patch-renderer, SD prompt processor, `usd-text-guidance`. The geometry and texture
+  stages set their own geometry/renderer/guidance in their configs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lift3d.registry import register
+from lift3d.systems.lift3d_system import Lift3DSystem
+
+
+@register("usd-system")
+class USDSystem(Lift3DSystem):
+    @dataclass
+    class Config(Lift3DSystem.Config):
+        geometry_type: str = "implicit-volume"
+        material_type: str = "no-material"
+        background_type: str = "solid-color-background"
+        renderer_type: str = "patch-renderer"
+        prompt_processor_type: str = "dummy-prompt-processor"
+        guidance_type: str = "usd-image-guidance"
+        save_rgba_dataset: bool = True
+
+
+@register("usd-text-system")
+class USDTextSystem(Lift3DSystem):
+    @dataclass
+    class Config(Lift3DSystem.Config):
+        geometry_type: str = "implicit-volume"
+        material_type: str = "no-material"
+        background_type: str = "neural-environment-map-background"
+        renderer_type: str = "patch-renderer"
+        prompt_processor_type: str = "stable-diffusion-prompt-processor"
+        guidance_type: str = "usd-text-guidance"
+
+
+__all__ = ["USDSystem", "USDTextSystem"]

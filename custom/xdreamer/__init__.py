@@ -1,0 +1,14 @@
+"""X-Dreamer plugin (shared/methods/xdreamer.md): camera-guided LoRA (CG-LoRA) and the
+attention-mask alignment (AMA) loss on top of Stable Diffusion score distillation, with a DMTet
+geometry stage and a PBR appearance stage.
+
+Registers `xdreamer-guidance`. The stages use core components: `tetrahedra-sdf-grid`,
+`mesh-rasterizer`, `pbr-material`, `pbr-mesh-exporter`, `lift3d-system`. Configs:
+custom/xdreamer/configs/xdreamer-geometry.yaml and xdreamer-texture.yaml (README, "X-Dreamer").
+
+Modules: camera_encoder (camera -> f), cg_lora (adapters), attention_capture (attention
+processors: adapters + EOS attention maps), ama_loss, guidance.
+"""
+from .guidance import XDreamerGuidance
+
+__all__ = ["XDreamerGuidance"]
