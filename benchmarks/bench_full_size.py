@@ -434,7 +434,9 @@ def run_stage(stage: Stage, args, models: Models, device: torch.device, tflops: 
     system.build_guidance()  # prompt processor (text encoder once, cached) + guidance, as on_fit_start
     guidance, prompt_utils = system.guidance, system.prompt_utils
     notes = apply_guidance_options(guidance, args)
-    opt_cfg = dict(cfg.system.optimizer)
+    from omegaconf import OmegaConf
+
+    opt_cfg = OmegaConf.to_container(cfg.system.optimizer, resolve=True)
     if args.fused_adam and device.type == "cuda":
         opt_cfg["args"] = dict(opt_cfg.get("args", {}), fused=True)
         notes.append("fused-adam")

@@ -11,7 +11,8 @@ reference renders). Two call patterns (shared/methods/usd.md §1):
             SD unconditional on the same z_t (one call, batch B), the reference term's two SD
             unconditional predictions batched into that SD call when the latent sizes agree
             (tiny models; full size with reference_resolution 256), else one more SD call;
-  original  every model with classifier-free guidance, half of it thrown away: Zero-1-to-3 cond +
+  original  every model with classifier-free guidance, half of it thrown away (the same models,
+            the same guidance, only its `predictions` swapped): Zero-1-to-3 cond +
             uncond (batch 2B), SD cond + uncond (batch 2B); the reference term as two SD CFG calls
             (render, input; batch 2 B_r each). The reference-term pattern of the original is our
             reading of it; the novel-view rows are the spec's statement.
@@ -38,8 +39,8 @@ from benchmarks.bench_guidance import peak_memory_mb, time_calls, write_full_siz
 IMAGE = str(REPO / "load/images/blocks_rgba.png")
 
 
-def original_pattern(guidance):
-    """Make `guidance` (a usd-image-guidance) predict as the original code: everything with CFG."""
+def original_predictions(guidance):
+    """The original code's predictions for `guidance` (a usd-image-guidance): everything with CFG."""
     import torch
 
     def sd_cfg(z, t):  # SD cond + uncond in one call; the conditional half is discarded
@@ -56,8 +57,7 @@ def original_pattern(guidance):
             extra = torch.cat([sd_cfg(part, tpart) for part, tpart in zip(z.chunk(2), tt.chunk(2))])
         return eps_cond, eps_uncond, extra
 
-    guidance.predictions = predictions
-    return guidance
+    return predictions
 
 
 class CallCounter:
@@ -67,42 +67,50 @@ class CallCounter:
 
 
 def bench(z123_path, sd_path, render, ref_render, ref_resolution, batch, ref_batch, iters, warmup, device, cache_dir):
+    """One guidance (one set of models); the two call patterns swap its `predictions` and are timed
+    interleaved (lift3d, original, lift3d, ...) so that machine noise hits both alike."""
+    import statistics
+
     import torch
 
     from lift3d.registry import find
 
     cams = {"elevation": torch.linspace(0, 30, batch, device=device), "azimuth": torch.linspace(-90, 90, batch, device=device),
             "camera_distances": torch.full((batch,), 1.5, device=device)}
-    rows = []
-    for pattern in ("lift3d", "original"):
-        guidance = find("usd-image-guidance")({
-            "pretrained_model_name_or_path": str(z123_path), "sd_model_name_or_path": str(sd_path),
-            "cond_image_path": IMAGE, "cond_elevation_deg": 15.0, "cond_azimuth_deg": 45.0, "cond_camera_distance": 1.5,
-            "reference_resolution": ref_resolution, "cache_dir": str(cache_dir)}).to(device)
-        if pattern == "original":
-            original_pattern(guidance)
-        image = torch.rand(batch, render, render, 3, device=device, requires_grad=True)
-        ref = torch.rand(ref_batch, ref_render, ref_render, 3, device=device, requires_grad=True)
-        target = torch.rand(ref_batch, ref_render, ref_render, 3, device=device)
-        for with_ref in (False, True):
-            def step():
-                image.grad = ref.grad = None
-                out = guidance(image, cams, **({"reference_out": {"comp_rgb": ref}, "reference_image": target} if with_ref else {}))
-                (out["loss_usd"] + (out["loss_usd_ref"] if with_ref else 0.0)).backward()
+    guidance = find("usd-image-guidance")({
+        "pretrained_model_name_or_path": str(z123_path), "sd_model_name_or_path": str(sd_path),
+        "cond_image_path": IMAGE, "cond_elevation_deg": 15.0, "cond_azimuth_deg": 45.0, "cond_camera_distance": 1.5,
+        "reference_resolution": ref_resolution, "cache_dir": str(cache_dir)}).to(device)
+    patterns = {"lift3d": type(guidance).predictions.__get__(guidance), "original": original_predictions(guidance)}
+    image = torch.rand(batch, render, render, 3, device=device, requires_grad=True)
+    ref = torch.rand(ref_batch, ref_render, ref_render, 3, device=device, requires_grad=True)
+    target = torch.rand(ref_batch, ref_render, ref_render, 3, device=device)
 
+    def step(pattern, with_ref):
+        guidance.predictions = patterns[pattern]
+        image.grad = ref.grad = None
+        out = guidance(image, cams, **({"reference_out": {"comp_rgb": ref}, "reference_image": target} if with_ref else {}))
+        (out["loss_usd"] + (out["loss_usd_ref"] if with_ref else 0.0)).backward()
+
+    rows = []
+    for with_ref in (False, True):
+        calls, times = {}, {p: [] for p in patterns}
+        for pattern in patterns:
             counters = (CallCounter(guidance.zero123.pipe.unet), CallCounter(guidance.sd.unet))
-            step()
-            calls = [c.batches for c in counters]
+            step(pattern, with_ref)
+            calls[pattern] = [c.batches for c in counters]
             for c in counters:
                 c.handle.remove()
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            med, best = time_calls(step, iters, warmup, device)
-            what = f"{pattern:8s} {'novel view + reference term' if with_ref else 'novel view only':28s}"
-            rows.append((what, med / 1000, best / 1000, calls[0], calls[1], peak_memory_mb(device)))
-        del guidance
+            for _ in range(warmup):
+                step(pattern, with_ref)
         if device.type == "cuda":
-            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(iters):
+            for pattern in patterns:
+                times[pattern].append(time_calls(lambda: step(pattern, with_ref), 1, 0, device)[0] / 1000)
+        for pattern in patterns:
+            what = f"{pattern:8s} {'novel view + reference term' if with_ref else 'novel view only':28s}"
+            rows.append((what, statistics.median(times[pattern]), min(times[pattern]), *calls[pattern], peak_memory_mb(device)))
     return rows
 
 

@@ -11,6 +11,15 @@ if str(REPO) not in sys.path:
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# Without a GPU, tests/test_triton_kernels.py runs the Triton kernels in Triton's interpreter, which
+# must be chosen before anything imports triton (pytorch_lightning and diffusers do, through
+# torch._dynamo). It changes nothing else: CPU tensors reach the kernels only where a test also
+# sets LIFT3D_TRITON_ON_CPU=1 (lift3d.ops.fast_path).
+import torch  # noqa: E402
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 @pytest.fixture
 def repo_root() -> Path:

@@ -39,8 +39,9 @@ def kernels():
     if not ON_GPU:
         interpreted = [type(f).__name__ == "InterpretedFunction" for f in (tl_standard.zeros, hashgrid._fwd_kernel)]
         if not all(interpreted):
-            pytest.fail("triton was imported in this process before TRITON_INTERPRET=1 was set, so its "
-                        "kernels cannot run on the CPU; run `TRITON_INTERPRET=1 pytest tests/test_triton_kernels.py`")
+            pytest.fail("triton was imported in this process before TRITON_INTERPRET=1 was set (tests/conftest.py "
+                        "sets it when there is no GPU), so its kernels cannot run on the CPU; "
+                        "run `TRITON_INTERPRET=1 pytest tests/test_triton_kernels.py`")
     return {"hashgrid": hashgrid, "volume": volume, "rasterize": rasterize}
 
 

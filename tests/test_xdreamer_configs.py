@@ -61,7 +61,7 @@ def test_geometry_then_texture_chain_resume_and_export(tmp_path, tiny_sd_path):
                 f"system.geometry.shape_init=mesh:{BLOCKS}", "system.geometry.shape_init_params=0.6",
                 "system.guidance.coarse_steps=2", "system.guidance.ama_start_step=1",
                 "system.guidance.max_step_percent=[1, 0.5, 0.98, 2]",
-                "system.optimizer.params.guidance_params.lr=0.01"])
+                "system.optimizer.params.guidance_params.lr=0.01", "system.guidance.guidance_eval_interval=2"])
     geo_trial = root / "xdreamer-geometry" / "a_red_car"
     geo = state(geo_trial / "ckpts/last.ckpt")["state_dict"]
     assert not any(w in k for k in geo for w in ("unet", "vae", "text_encoder", "light"))
@@ -72,6 +72,8 @@ def test_geometry_then_texture_chain_resume_and_export(tmp_path, tiny_sd_path):
     assert [float(r["train/coarse_phase"]) for r in rows] == [1.0, 1.0, 0.0, 0.0]
     assert float(rows[0]["train/loss_ama"]) == 0.0 and all(float(r["train/loss_ama"]) > 0 for r in rows[1:])
     assert (geo_trial / "save/it4-test.mp4").is_file()
+    # guidance evaluation through CG-LoRA, in the coarse (latent) and the fine (VAE) phase
+    assert (geo_trial / "save/it0-guidance.png").is_file() and (geo_trial / "save/it2-guidance.png").is_file()
 
     # appearance: DMTet copied and frozen, PBR texture field, CG-LoRA from the geometry stage
     tex_args = [*base, "trainer.max_steps=3", "trainer.val_check_interval=3", "checkpoint.every_n_train_steps=3",

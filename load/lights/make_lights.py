@@ -8,7 +8,7 @@ see lift3d.materials.split_sum) linear-radiance sky for pbr-material: a blue zen
 bright horizon, a darker ground, a sun (elevation 50°, azimuth 35°) with a soft halo, and two
 studio softboxes (a warm key on the left, a cool rim at the back) so that metallic and glossy
 surfaces show structured reflections from every side. Scaled so that an upward-facing white
-Lambertian surface receives E/π ≈ 0.45 (≈ 0.9 with pbr-material's default environment_scale 2).
+Lambertian surface receives E/π ≈ 0.4 (≈ 0.8 with pbr-material's default environment_scale 2).
 """
 from __future__ import annotations
 
