@@ -12,9 +12,10 @@ benchmarks/bench_guidance.py (no download; compute does not depend on weight val
 the diffusers layout and loaded by the same guidance / prompt-processor classes and
 ``from_pretrained`` calls as training. ``--tiny`` uses lift3d.models.tiny_factory instead.
 
-Stages (USD's pipeline, shared/methods/usd.md §2-3). A stage runs the USD config of that name when
-it exists in configs/ and its guidance is registered; until then the closest existing config
-stands in (marked "stand-in" in the table) with the same renderer, resolution and model shapes:
+Stages (USD's pipeline, shared/methods/usd.md §2-3). A stage runs USD's config (custom/usd/configs/
+or configs/) when it exists and its guidance is registered (plugins are loaded as launch.py does),
+from scratch (no geometry_convert_from; a DMTet stage starts from a sphere); otherwise the closest
+existing config stands in (marked "stand-in") with the same renderer, resolution and model shapes:
 
   text-nerf       USD text-to-3D stage 1: hash-grid NeRF, patch renderer at 512² (128² frame
                   upsampled + a 128² full-resolution patch, 512 samples/ray), SD 2.1-base at 64² latents.
@@ -30,16 +31,16 @@ stands in (marked "stand-in" in the table) with the same renderer, resolution an
 Per stage, after a warm-up (occupancy-grid warm-up steps, Triton JIT, cuDNN autotuning):
   it/s        timed iterations / wall time (one sync at each end; nothing else synchronises)
   peak GB     torch.cuda.max_memory_allocated over the timed iterations (weights included)
-  split       GPU time between CUDA events recorded at the phase boundaries of each iteration:
-              render (step update + render forward + render backward), diffusion (guidance
-              forward: VAE encode + UNet; and its backward into the render), optimizer (step +
-              zero_grad). The step is run as training_step does it, with the guidance called on a
-              detached copy of the render so the two backward passes can be timed apart (the
-              gradients are the same).
-  floor       FLOPs of one guidance call (UNet + VAE, forward and backward, counted with
-              torch.utils.flop_counter.FlopCounterMode on the real inputs) / the measured dense
-              matmul throughput of the same GPU in the guidance's dtype; floor it/s = 1 / that.
-              "x floor" = measured ms / floor ms (target <= 3 for text-nerf).
+  split       GPU time between CUDA events recorded at the phase boundaries of each iteration of
+              the system's own training_step + backward + optimizer step (as Lightning runs it,
+              without Lightning's loop): render = step update, render forward(s) and the render's
+              backward; diffusion = the guidance call (VAE encode, UNet(s)) and its backward down
+              to the render (an event recorded by a gradient hook on the guided image);
+              optimizer = step + zero_grad.
+  floor       FLOPs of the diffusion models in one training step (UNet(s), VAE encoder forward and
+              backward; torch.utils.flop_counter.FlopCounterMode over a whole step, the entries of
+              the frozen models) / the measured dense matmul throughput of the same GPU in the
+              guidance's dtype; floor it/s = 1 / that. "x floor" = measured ms / floor ms.
 Targets checked for text-nerf (issue 8): >= 30 it/s on one H100, <= 3x floor, <= 12 GB peak.
 """
 from __future__ import annotations
@@ -264,8 +265,8 @@ def _point_models_at(cfg, models: Models) -> None:
                 value = str(sub[key]).lower()
                 kind = "zero123" if ("zero123" in value or "zero-1-to-3" in value) else "sd"
                 OmegaConf.update(cfg, f"system.{section}.{key}", str(models.path(kind)), merge=False)
-        if section == "prompt_processor" and "cache_dir" in sub:
-            OmegaConf.update(cfg, "system.prompt_processor.cache_dir", str(models.root / "text-cache"), merge=False)
+        if "cache_dir" in sub:
+            OmegaConf.update(cfg, f"system.{section}.cache_dir", str(models.root / "text-cache"), merge=False)
 
 
 def _tiny_sizes(cfg, args) -> None:
@@ -275,6 +276,10 @@ def _tiny_sizes(cfg, args) -> None:
     for key in ("data.width", "data.height", "data.random_camera.width", "data.random_camera.height"):
         if OmegaConf.select(cfg, key) is not None:
             OmegaConf.update(cfg, key, 64, merge=False)
+    if OmegaConf.select(cfg, "system.guidance.reference_resolution") is not None:
+        OmegaConf.update(cfg, "system.guidance.reference_resolution", 64, merge=False)
+    if OmegaConf.select(cfg, "system.geometry.isosurface_resolution") is not None:
+        OmegaConf.update(cfg, "system.geometry.isosurface_resolution", 32, merge=False)
     if cfg.system.renderer_type == "patch-renderer":
         for key, value in _patch_renderer(args).items():
             OmegaConf.update(cfg, key, OmegaConf.create(value) if isinstance(value, dict) else value, merge=False)
@@ -287,21 +292,30 @@ def stage_config(stage: Stage, args, models: Models):
     from lift3d.config import load_config
     from lift3d.registry import _REGISTRY
 
-    usd = REPO / "configs" / stage.usd_config
-    if usd.is_file() and any(name in _REGISTRY for name in stage.usd_guidance):
-        prompt = ["system.prompt_processor.prompt=a DSLR photo of a delicious hamburger"]
-        try:
-            cfg = load_config(str(usd), cli_args=prompt)
-        except Exception:
-            cfg = load_config(str(usd))
-        cfg.system.geometry_convert_from = None  # stages run from scratch here (cost per step is the same)
+    usd = next((d / stage.usd_config for d in (REPO / "configs", REPO / "custom" / "usd" / "configs")
+                if (d / stage.usd_config).is_file()), None)
+    if usd is not None and not args.stand_in and any(name in _REGISTRY for name in stage.usd_guidance):
+        raw = OmegaConf.load(usd)
+
+        def missing(dotted: str) -> bool:  # a mandatory (???) value, given on the command line by users
+            parent, key = dotted.rsplit(".", 1)
+            node = OmegaConf.select(raw, parent)
+            return OmegaConf.is_config(node) and key in node.keys() and OmegaConf.is_missing(node, key)
+
+        overrides = []
+        if missing("system.prompt_processor.prompt"):
+            overrides.append("system.prompt_processor.prompt=a DSLR photo of a delicious hamburger")
+        if missing("system.geometry_convert_from"):
+            overrides.append("system.geometry_convert_from=null")  # from scratch here: same cost per step
+        cfg = load_config(str(usd), cli_args=overrides)
+        cfg.system.geometry_convert_from = None
         if cfg.system.geometry_type == "tetrahedra-sdf-grid" and not cfg.system.geometry.get("shape_init"):
             OmegaConf.update(cfg, "system.geometry.shape_init", "sphere", merge=False)  # a mesh to render
             OmegaConf.update(cfg, "system.geometry.shape_init_params", 0.8, merge=False)
         _point_models_at(cfg, models)
         if args.tiny:
             _tiny_sizes(cfg, args)
-        return cfg, f"{stage.usd_config}"
+        return cfg, str(usd.relative_to(REPO))
     overrides, sections = stage.fallback_overrides(args, models)
     cfg = load_config(str(REPO / "configs" / stage.fallback_config), cli_args=overrides)
     for dotted, value in sections.items():  # whole sections replaced, not merged
@@ -402,28 +416,69 @@ def compile_unet(guidance: Any, mode: str) -> None:
     models.unet = torch.compile(unet, mode=None if mode == "default" else mode, dynamic=False)
 
 
-def count_guidance_flops(system, guidance, prompt_utils, batch, guidance_input: str) -> tuple[float, dict]:
-    """FLOPs of one guidance call, forward and backward into the render (UNet + VAE)."""
+class TimedGuidance:
+    """Stands in for ``system.guidance``: marks the phase boundaries of the real training step.
+
+    ``__call__`` marks the start of the diffusion phase and hooks the guided image, whose gradient
+    becomes ready when the guidance's backward (VAE encoder) is done and the render's backward
+    starts: there it marks the render phase again. Everything else is the wrapped guidance's.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.__dict__["inner"] = inner
+        self.__dict__["mark"] = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["inner"], name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self.__dict__:
+            self.__dict__[name] = value
+        else:
+            setattr(self.__dict__["inner"], name, value)
+
+    def do_update_step(self, epoch: int, global_step: int, _seen: Optional[set] = None) -> None:
+        self.inner.do_update_step(epoch, global_step, _seen)
+
+    def _image_grad_ready(self, grad: torch.Tensor) -> None:
+        if self.mark is not None:
+            self.mark("render")
+
+    def __call__(self, image: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if self.mark is not None:
+            self.mark("diffusion")
+            if torch.is_tensor(image) and image.requires_grad:
+                image.register_hook(self._image_grad_ready)
+        return self.inner(image, *args, **kwargs)
+
+
+def diffusion_flops(system, step_fn) -> tuple[float, dict]:
+    """FLOPs of the diffusion models in one training step (forward and backward).
+
+    The whole step runs under FlopCounterMode; its module tracker files the render under the
+    system's own class (the system's forward) and each frozen diffusion model -- called by the
+    guidance, outside the system's forward -- under its own class name at the top level (UNet,
+    VAE Encoder and quant conv, CLIP encoders, camera projection). The diffusion FLOPs are those
+    top-level entries; losses computed outside any module ("Global" only) are left out.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
-    view = batch.get("random_camera", batch)
-    with torch.no_grad():
-        out = system(view)
-    image = out[guidance_input].detach().requires_grad_(True)
     counter = FlopCounterMode(display=False)
     with counter:
-        terms = guidance(image, batch=view, prompt_utils=prompt_utils, render_out=out)
-        loss = sum(v for k, v in terms.items() if k.startswith("loss_") and torch.is_tensor(v) and v.requires_grad)
-        if torch.is_tensor(loss):
-            loss.backward()
-    per_module = {k: float(sum(v.values())) for k, v in counter.get_flop_counts().items()}
-    return float(counter.get_total_flops()), per_module
+        step_fn()
+    counts = counter.get_flop_counts()
+    mine = type(system).__name__
+    top = {k: float(sum(v.values())) for k, v in counts.items() if "." not in k and k not in ("Global", mine)}
+    return sum(top.values()), top
 
 
 def run_stage(stage: Stage, args, models: Models, device: torch.device, tflops: float) -> dict:
+    import warnings
+
+    from omegaconf import OmegaConf
+
     from lift3d.registry import find
     from lift3d.systems.optim import make_optimizer
-    from lift3d.systems.regularizers import compute_regularizers
 
     cfg, source = stage_config(stage, args, models)
     datamodule = find(cfg.data_type)(cfg.data)
@@ -432,69 +487,56 @@ def run_stage(stage: Stage, args, models: Models, device: torch.device, tflops: 
     loader = iter(datamodule.train_dataloader())
     system = find(cfg.system_type)(cfg.system).to(device)
     system.build_guidance()  # prompt processor (text encoder once, cached) + guidance, as on_fit_start
-    guidance, prompt_utils = system.guidance, system.prompt_utils
+    guidance = system.guidance
     notes = apply_guidance_options(guidance, args)
-    from omegaconf import OmegaConf
-
+    timed = TimedGuidance(guidance)
+    system.guidance = timed
     opt_cfg = OmegaConf.to_container(cfg.system.optimizer, resolve=True)
     if args.fused_adam and device.type == "cuda":
         opt_cfg["args"] = dict(opt_cfg.get("args", {}), fused=True)
         notes.append("fused-adam")
     optimizer = make_optimizer(system, opt_cfg)
     system.train()
-    lambdas_fn = system.lambdas
-    guidance_input = system.cfg.guidance_input
+    # training_step logs with self.log, which only warns without a Lightning trainer
+    warnings.filterwarnings("ignore", message=".*self.log.*")
+    warnings.filterwarnings("ignore", message=".*self.trainer.*")
+
+    def train_step(i: int) -> None:
+        """The system's own training_step (as Lightning runs it) and its backward."""
+        batch = to_device(next(loader), device)
+        system.do_update_step(0, i)
+        loss = system.training_step(batch, i)
+        if torch.is_tensor(loss) and loss.requires_grad:
+            loss.backward()
 
     def step(i: int, clock: Optional[PhaseClock]) -> None:
-        mark = clock.mark if clock is not None else (lambda name: None)
-        batch = to_device(next(loader), device)
-        mark("render")
-        system.do_update_step(0, i)
-        lambdas = lambdas_fn()
-        view = batch.get("random_camera", batch)
-        out = system(view)
-        image = out[guidance_input]
-        mark("diffusion")
-        leaf = image.detach().requires_grad_(True)
-        terms = guidance(leaf, batch=view, prompt_utils=prompt_utils, render_out=out)
-        g_loss = sum(lambdas.get(k[5:], 0.0) * v for k, v in terms.items()
-                     if k.startswith("loss_") and torch.is_tensor(v) and lambdas.get(k[5:], 0.0) > 0)
-        if torch.is_tensor(g_loss) and g_loss.requires_grad:
-            g_loss.backward()
-        mark("render")
-        reg = dict(compute_regularizers(out, lambdas))
-        if "random_camera" in batch:
-            reg.update(system.reference_losses(batch, lambdas))
-        r_loss = sum(lambdas.get(k[5:], 0.0) * v for k, v in reg.items() if lambdas.get(k[5:], 0.0) > 0)
-        tensors, grads = [], []
-        if leaf.grad is not None:
-            tensors.append(image)
-            grads.append(leaf.grad)
-        if torch.is_tensor(r_loss) and r_loss.requires_grad:
-            tensors.append(r_loss)
-            grads.append(torch.ones_like(r_loss))
-        if tensors:
-            torch.autograd.backward(tensors, grads)
-        mark("optimizer")
+        mark = clock.mark if clock is not None else None
+        timed.mark = mark
+        if mark:
+            mark("render")
+        train_step(i)
+        if mark:
+            mark("optimizer")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        mark("end")
+        if mark:
+            mark("end")
 
-    # warm-up: the occupancy grid's warm-up updates, JIT compilation, cuDNN autotuning
+    # warm-up: the occupancy grid's first updates, JIT compilation, cuDNN autotuning
     for i in range(args.warmup):
         step(i, None)
-    flops, per_module = count_guidance_flops(system, guidance, prompt_utils, to_device(next(loader), device),
-                                             guidance_input)
+    flops, per_module = diffusion_flops(system, lambda: train_step(args.warmup))
+    optimizer.zero_grad(set_to_none=True)
     if args.compile_unet != "off" and hasattr(guidance, "models") and hasattr(guidance.models, "unet"):
         compile_unet(guidance, args.compile_unet)
         notes.append(f"compile-unet:{args.compile_unet}")
         for i in range(3):  # compile
-            step(args.warmup + i, None)
+            step(args.warmup + 1 + i, None)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     clock = PhaseClock(device)
-    first = args.warmup + 3
+    first = args.warmup + 4
     start = time.perf_counter()
     for i in range(args.iters):
         step(first + i, clock)
@@ -513,7 +555,7 @@ def run_stage(stage: Stage, args, models: Models, device: torch.device, tflops: 
         "floor_ms": floor_ms, "floor_it_s": 1000.0 / floor_ms if floor_ms == floor_ms else float("nan"),
         "x_floor": ms_per_it / floor_ms if floor_ms == floor_ms else float("nan"),
     }
-    del system, guidance, optimizer
+    del system, guidance, timed, optimizer
     if hasattr(datamodule, "teardown"):
         datamodule.teardown("fit")
     from lift3d.guidance.diffusion_loading import free_memory
@@ -551,7 +593,8 @@ def print_report(results: list[dict], device: torch.device, tflops: float, dtype
             continue
         top = {k: v for k, v in r["flops_by_module_tflop"].items() if "." not in k and k != "Global"}
         parts = ", ".join(f"{k} {v * 1e3:.4g}" for k, v in sorted(top.items(), key=lambda kv: -kv[1]) if v > 0)
-        print(f"GFLOP per guidance call (fwd+bwd), {r['stage']}: {parts}; total {r['guidance_tflop'] * 1e3:.4g}")
+        print(f"GFLOP per step in the diffusion models (fwd+bwd), {r['stage']}: {parts}; "
+              f"total {r['guidance_tflop'] * 1e3:.4g}")
     for r in results:
         target = TARGETS.get(r["stage"])
         if not target or "error" in r or device.type != "cuda":
@@ -580,6 +623,7 @@ def parse_args(argv=None):
                    help="torch.compile the UNet (reduce-overhead uses CUDA graphs)")
     p.add_argument("--fused-adam", action="store_true", help="Adam(fused=True) on CUDA")
     p.add_argument("--no-triton", action="store_true", help="LIFT3D_DISABLE_TRITON=1: the PyTorch reference kernels")
+    p.add_argument("--stand-in", action="store_true", help="use the stand-in configs even where USD's exist")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     return p.parse_args(argv)
@@ -608,6 +652,9 @@ def main(argv=None) -> int:
         torch.backends.cudnn.benchmark = True
     dtype_name = {"bf16": "bf16", "fp32": "fp32"}.get(args.dtype, "fp16") if device.type == "cuda" else "fp32"
     mm_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
+    from lift3d.plugins import load_plugins
+
+    load_plugins()  # custom/usd registers USD's guidances and systems
     tflops = matmul_tflops(device, mm_dtype)
     results = []
     with tempfile.TemporaryDirectory(prefix="lift3d-fullsize-") as tmp:
@@ -619,7 +666,8 @@ def main(argv=None) -> int:
                 results.append(run_stage(stage, args, models, device, tflops))
             except Exception as exc:  # a stage whose components are not there yet must not stop the others
                 traceback.print_exc()
-                results.append({"stage": name, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"})
+                first_line = (str(exc).splitlines() or [""])[0][:160]
+                results.append({"stage": name, "error": f"{type(exc).__name__}: {first_line}"})
         build_s = models.build_s
     print_report(results, device, tflops, dtype_name, args, build_s)
     if args.json:

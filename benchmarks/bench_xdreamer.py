@@ -14,8 +14,9 @@ take, the way `lift3d-system` trains:
                    latents (VAE encoder) and the mask
   cg-lora+ama, mask only   the same with ama_grad_to_latents=false (no gradient through the latents)
 Renders are 512² (full size: 64² latents) or 64² (tiny: 8² latents); batch size --batch.
-Memory: peak CUDA memory per configuration on GPU; on CPU each configuration runs in its own
-process and the peak RSS of that process is reported. Full-size models are written once (SD 2.1-base
+Timing: the configurations run interleaved (round-robin), so a busy machine slows them alike.
+Memory: peak CUDA memory per configuration on GPU; on CPU each configuration runs once more in its
+own process and the peak RSS of that process is reported. Full-size models are written once (SD 2.1-base
 configuration with random weights, fp16 on GPU; compute does not depend on weight values).
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,12 +35,13 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks.bench_guidance import OPENCLIP_H_TEXT, SD21_BASE_UNET, SD_VAE, peak_memory_mb, time_calls  # noqa: E402
+from benchmarks.bench_guidance import OPENCLIP_H_TEXT, SD21_BASE_UNET, SD_VAE, peak_memory_mb  # noqa: E402
 
+# name -> (guidance, config overrides of xdreamer-guidance applied before the step)
 CONFIGS = {
     "sds": ("stable-diffusion-guidance", {}),
     "cg-lora": ("xdreamer-guidance", {"ama_start_step": None}),
-    "cg-lora+ama": ("xdreamer-guidance", {"ama_start_step": 0}),
+    "cg-lora+ama": ("xdreamer-guidance", {"ama_start_step": 0, "ama_grad_to_latents": True}),
     "cg-lora+ama, mask only": ("xdreamer-guidance", {"ama_start_step": 0, "ama_grad_to_latents": False}),
 }
 
@@ -74,48 +77,75 @@ def write_full_size_sd(root: Path, dtype) -> Path:
     return out
 
 
-def run_config(name: str, sd_path: Path, render: int, batch: int, iters: int, warmup: int, device_name: str,
-               cache_dir: Path) -> dict:
-    import torch
+class Bench:
+    """Both guidances built once (one plain SD, one xdreamer whose AMA switches are set per configuration),
+    plus a render, a soft disc mask and cameras; `step(name)` runs one training step of a configuration."""
 
-    from lift3d.plugins import load_plugins
-    from lift3d.registry import find
+    def __init__(self, sd_path: Path, render: int, batch: int, device_name: str, cache_dir: Path, names: list[str]) -> None:
+        import torch
 
-    load_plugins()
-    device = torch.device(device_name)
-    torch.manual_seed(0)
-    processor = find("stable-diffusion-prompt-processor")({
-        "prompt": "a DSLR photo of a hamburger", "pretrained_model_name_or_path": str(sd_path),
-        "cache_dir": str(cache_dir), "overhead_threshold": 90.0})
-    prompt_utils = processor()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    kind, extra = CONFIGS[name]
-    guidance = find(kind)({"pretrained_model_name_or_path": str(sd_path), "guidance_scale": 100.0, **extra}).to(device)
-    lora = guidance.trainable_modules() if hasattr(guidance, "trainable_modules") else None
-    cams = {
-        "elevation": torch.linspace(0, 30, batch, device=device), "azimuth": torch.linspace(-90, 90, batch, device=device),
-        "camera_distances": torch.full((batch,), 3.0, device=device),
-        "camera_positions": torch.randn(batch, 3, device=device), "fovy": torch.full((batch,), 0.6, device=device),
-    }
-    image = torch.rand(batch, render, render, 3, device=device, requires_grad=True)
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, render, device=device), torch.linspace(-1, 1, render, device=device), indexing="ij")
-    mask = torch.sigmoid(20 * (0.5 - (xx**2 + yy**2).sqrt()))[None, ..., None].expand(batch, -1, -1, -1).contiguous()
-    mask.requires_grad_(True)
-    render_out = {"opacity": mask, "comp_normal": image}
-    params = [image, mask] + (list(lora.parameters()) if lora is not None else [])
+        from lift3d.plugins import load_plugins
+        from lift3d.registry import find
 
-    def step():
+        load_plugins()
+        self.device = device = torch.device(device_name)
+        torch.manual_seed(0)
+        self.prompt_utils = find("stable-diffusion-prompt-processor")({
+            "prompt": "a DSLR photo of a hamburger", "pretrained_model_name_or_path": str(sd_path),
+            "cache_dir": str(cache_dir), "overhead_threshold": 90.0})()
+        kinds = {CONFIGS[n][0] for n in names}
+        self.guidances = {kind: find(kind)({"pretrained_model_name_or_path": str(sd_path), "guidance_scale": 100.0}).to(device)
+                          for kind in sorted(kinds)}
+        self.cams = {
+            "elevation": torch.linspace(0, 30, batch, device=device), "azimuth": torch.linspace(-90, 90, batch, device=device),
+            "camera_distances": torch.full((batch,), 3.0, device=device),
+            "camera_positions": torch.randn(batch, 3, device=device), "fovy": torch.full((batch,), 0.6, device=device),
+        }
+        self.image = torch.rand(batch, render, render, 3, device=device, requires_grad=True)
+        lin = torch.linspace(-1, 1, render, device=device)
+        yy, xx = torch.meshgrid(lin, lin, indexing="ij")
+        mask = torch.sigmoid(20 * (0.5 - (xx**2 + yy**2).sqrt()))[None, ..., None].expand(batch, -1, -1, -1).contiguous()
+        self.mask = mask.requires_grad_(True)
+        xd = self.guidances.get("xdreamer-guidance")
+        self.lora = xd.trainable_modules() if xd is not None else None
+
+    def step(self, name: str) -> None:
+        kind, overrides = CONFIGS[name]
+        guidance = self.guidances[kind]
+        for key, value in overrides.items():
+            setattr(guidance.cfg, key, value)
+        params = [self.image, self.mask] + (list(self.lora.parameters()) if self.lora is not None else [])
         for p in params:
             p.grad = None
-        out = guidance(image, cams, prompt_utils=prompt_utils, render_out=render_out)
+        out = guidance(self.image, self.cams, prompt_utils=self.prompt_utils,
+                       render_out={"opacity": self.mask, "comp_normal": self.image})
         (out["loss_sds"] + 0.1 * out.get("loss_ama", 0.0)).backward()
 
-    median, best = time_calls(step, iters, warmup, device)
-    return {"config": name, "median_ms": median, "min_ms": best, "peak_mb": peak_memory_mb(device),
-            "lora_params": sum(p.numel() for p in lora.parameters()) if lora is not None else 0,
-            "maps": len(guidance.store.layers) if lora is not None else 0}
+
+def measure(bench: "Bench", names: list[str], iters: int, warmup: int) -> dict[str, dict]:
+    """Per configuration: median / min ms and peak memory, the configurations interleaved round-robin
+    (so that a busy machine slows them alike)."""
+    import time
+
+    import torch
+
+    device = bench.device
+    times: dict[str, list[float]] = {n: [] for n in names}
+    peaks = {n: 0.0 for n in names}
+    for it in range(warmup + iters):
+        for name in names:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            start = time.perf_counter()
+            bench.step(name)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if it >= warmup:
+                times[name].append((time.perf_counter() - start) * 1000)
+                peaks[name] = max(peaks[name], peak_memory_mb(device))
+    return {n: {"config": n, "median_ms": statistics.median(times[n]), "min_ms": min(times[n]), "peak_mb": peaks[n]}
+            for n in names}
 
 
 def main(argv=None) -> int:
@@ -162,21 +192,25 @@ def main(argv=None) -> int:
             make_tiny_sd(sd_path, seed=0)
     cache = model_dir / "text-cache"
 
-    if args.only:
-        print(json.dumps(run_config(args.only, sd_path, render, args.batch, iters, args.warmup, args.device, cache)))
+    names = list(CONFIGS)
+    if args.only:  # one configuration in this process: its peak RSS is that configuration's (CPU memory)
+        bench = Bench(sd_path, render, args.batch, args.device, cache, [args.only])
+        print(json.dumps(measure(bench, [args.only], 1, args.warmup)[args.only]))
         return 0
-    rows = []
-    for name in CONFIGS:
-        if args.device == "cpu":  # a fresh process per configuration: its peak RSS is that configuration's
+    bench = Bench(sd_path, render, args.batch, args.device, cache, names)
+    results = measure(bench, names, iters, args.warmup)
+    lora_params = sum(p.numel() for p in bench.lora.parameters())
+    n_maps = len(bench.guidances["xdreamer-guidance"].store.layers)
+    del bench
+    if args.device == "cpu":  # process peak RSS cannot be reset: one fresh process per configuration
+        for name in names:
             cmd = [sys.executable, __file__, "--only", name, "--device", "cpu", "--batch", str(args.batch),
-                   "--render", str(render), "--iters", str(iters), "--warmup", str(args.warmup), "--model-dir", str(model_dir)]
+                   "--render", str(render), "--warmup", "1", "--model-dir", str(model_dir)]
             if args.full_size:
                 cmd.append("--full-size")
             proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        else:
-            rows.append(run_config(name, sd_path, render, args.batch, iters, args.warmup, args.device, cache))
-
+            results[name]["peak_mb"] = json.loads(proc.stdout.strip().splitlines()[-1])["peak_mb"]
+    rows = [results[n] for n in names]
     base = rows[0]
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
     size = "full-size SD 2.1-base (random weights)" if args.full_size else "tiny SD"
@@ -185,9 +219,8 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"{r['config']:<26} {r['median_ms']:>10.1f} {r['min_ms']:>9.1f} {r['median_ms'] / base['median_ms']:>7.2f} "
               f"{r['peak_mb']:>9.0f} {r['peak_mb'] - base['peak_mb']:>8.0f}")
-    lora = next((r for r in rows if r["lora_params"]), None)
-    if lora:
-        print(f"CG-LoRA + camera encoder parameters: {lora['lora_params']:,}; AMA maps per step: {lora['maps']}")
+    print(f"CG-LoRA + camera encoder parameters: {lora_params:,}; AMA maps per step: {n_maps}; "
+          f"configurations interleaved, {iters} timed steps each after {args.warmup} warm-up")
     return 0
 
 

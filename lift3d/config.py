@@ -91,8 +91,11 @@ def check_mandatory(cfg: DictConfig) -> None:
         )
 
 
-def load_config(*yaml_paths: str, cli_args: list[str] = (), validate: bool = False) -> DictConfig:
-    """Merge YAML files and overrides onto the ExperimentConfig schema; resolve interpolations."""
+def load_config(
+    *yaml_paths: str, cli_args: list[str] = (), validate: bool = False, allow_missing: bool = False
+) -> DictConfig:
+    """Merge YAML files and overrides onto the ExperimentConfig schema; resolve interpolations.
+    Mandatory values (???) left unset are an error unless `allow_missing` (for inspecting configs)."""
     cfgs = []
     for path in yaml_paths:
         if not Path(path).is_file():
@@ -104,7 +107,8 @@ def load_config(*yaml_paths: str, cli_args: list[str] = (), validate: bool = Fal
     cfgs.append(parse_overrides(list(cli_args)))
     raw = OmegaConf.merge(*cfgs)
     check_keys(ExperimentConfig, raw, path="", component="the experiment (top level)")
-    check_mandatory(raw)
+    if not allow_missing:
+        check_mandatory(raw)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), raw)
         OmegaConf.resolve(merged)
