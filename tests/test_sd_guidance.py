@@ -135,7 +135,8 @@ def test_scheduled_step_range_and_grad_clip(tiny_sd_path, prompt_utils):
     latents = torch.randn(1, 4, 8, 8).requires_grad_(True)
     text = prompt_utils.get_text_embeddings(torch.tensor([0.0]), torch.tensor([0.0]), torch.tensor([1.5]))
     g.sds_from_latents(latents, text, t=torch.tensor([900]))["loss_sds"].backward()
-    assert latents.grad.abs().max().item() == pytest.approx(0.01, rel=1e-5)
+    # z - (z - grad) in float32: rounding of |z| ~ 3 limits the match to ~1e-5 relative
+    assert latents.grad.abs().max().item() == pytest.approx(0.01, rel=1e-4)
 
 
 def test_renders_are_resized_and_encoded_with_gradient(guidance, prompt_utils):
