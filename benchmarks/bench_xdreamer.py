@@ -35,7 +35,21 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks.bench_guidance import OPENCLIP_H_TEXT, SD21_BASE_UNET, SD_VAE, peak_memory_mb  # noqa: E402
+from benchmarks.bench_guidance import OPENCLIP_H_TEXT, SD21_BASE_UNET, SD_VAE  # noqa: E402
+from benchmarks.bench_guidance import peak_memory_mb as _peak_memory_mb  # noqa: E402
+
+
+def peak_memory_mb(device) -> float:
+    """Peak CUDA memory, or on CPU this process's peak RSS (VmHWM: unlike ru_maxrss it does not carry
+    the parent's peak across fork + exec)."""
+    if device.type == "cpu":
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+    return _peak_memory_mb(device)
 
 # name -> (guidance, config overrides of xdreamer-guidance applied before the step)
 CONFIGS = {
@@ -197,19 +211,21 @@ def main(argv=None) -> int:
         bench = Bench(sd_path, render, args.batch, args.device, cache, [args.only])
         print(json.dumps(measure(bench, [args.only], 1, args.warmup)[args.only]))
         return 0
-    bench = Bench(sd_path, render, args.batch, args.device, cache, names)
-    results = measure(bench, names, iters, args.warmup)
-    lora_params = sum(p.numel() for p in bench.lora.parameters())
-    n_maps = len(bench.guidances["xdreamer-guidance"].store.layers)
-    del bench
-    if args.device == "cpu":  # process peak RSS cannot be reset: one fresh process per configuration
-        for name in names:
+    peaks = {}
+    if args.device == "cpu":  # process peak RSS cannot be reset: one fresh process per configuration, run
+        for name in names:    # while this process is still small
             cmd = [sys.executable, __file__, "--only", name, "--device", "cpu", "--batch", str(args.batch),
                    "--render", str(render), "--warmup", "1", "--model-dir", str(model_dir)]
             if args.full_size:
                 cmd.append("--full-size")
             proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            results[name]["peak_mb"] = json.loads(proc.stdout.strip().splitlines()[-1])["peak_mb"]
+            peaks[name] = json.loads(proc.stdout.strip().splitlines()[-1])["peak_mb"]
+    bench = Bench(sd_path, render, args.batch, args.device, cache, names)
+    results = measure(bench, names, iters, args.warmup)
+    for name, peak in peaks.items():
+        results[name]["peak_mb"] = peak
+    lora_params = sum(p.numel() for p in bench.lora.parameters())
+    n_maps = len(bench.guidances["xdreamer-guidance"].store.layers)
     rows = [results[n] for n in names]
     base = rows[0]
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
