@@ -268,3 +268,11 @@ def test_benchmark_full_size_configs_match_the_released_models():
     assert set(counts) == set(EXPECTED_PARAMS_M)
     for name, n in counts.items():
         assert n / 1e6 == pytest.approx(EXPECTED_PARAMS_M[name], rel=0.002), name
+
+
+def test_guidance_eval_with_more_samples_than_shown(tiny_sd_path, prompt_utils):
+    """A batch larger than guidance_eval_max_samples: the DDIM steps keep the batch's conditioning."""
+    g = make_guidance(tiny_sd_path, guidance_eval_interval=1, guidance_eval_steps=3, guidance_eval_max_samples=1)
+    g.do_update_step(0, 1)
+    out = g(torch.rand(2, 32, 32, 3), CAMERAS, prompt_utils=prompt_utils)
+    assert out["guidance_eval"].shape == (64, 4 * 64, 3)

@@ -273,16 +273,17 @@ class ScoreDistillationGuidance(BaseGuidance):
         eps_fn); and "t" [b].
         """
         b = min(z_t.shape[0], self.cfg.guidance_eval_max_samples)
-        z_t, t, eps_guided, noise = z_t[:b], t[:b], eps_guided[:b], noise[:b]
-        x0 = predict_x0(z_t, eps_guided, t, self.alphas_cumprod)
         n = self.cfg.guidance_eval_steps
         # per-sample DDIM timesteps t = s_0 >= s_1 >= ... >= s_{n-1} > s_n = -1 (the clean latent)
         steps = torch.stack([torch.linspace(float(ti), 0.0, n + 1) for ti in t.cpu()]).round().long().to(t.device)
         steps[:, -1] = -1
+        # denoise the whole batch: eps_fn's conditioning (text rows, cameras) is laid out for all B
         z = z_t
         for k in range(n):
             eps = eps_guided if k == 0 else eps_fn(z, steps[:, k], noise)
             z = ddim_step(z, eps, steps[:, k], steps[:, k + 1], self.alphas_cumprod)
+        z_t, t, eps_guided, z = z_t[:b], t[:b], eps_guided[:b], z[:b]
+        x0 = predict_x0(z_t, eps_guided, t, self.alphas_cumprod)
         images = {"noisy": decode(z_t), "x0": decode(x0), "denoised": decode(z)}
         if render is not None:
             H, W = images["noisy"].shape[1:3]
