@@ -22,3 +22,7 @@ class RegistryError(Lift3DError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; show it plainly
         return str(self.args[0]) if self.args else ""
+
+
+class SurfaceError(Lift3DError, ValueError):
+    """No surface can be extracted (e.g. the field never crosses the isosurface threshold)."""

@@ -15,7 +15,7 @@ from typing import Any, Union
 
 import torch
 
-from lift3d.errors import ConfigError
+from lift3d.errors import ConfigError, SurfaceError
 from lift3d.utils.base import BaseModule
 
 
@@ -89,9 +89,15 @@ class BaseImplicitGeometry(BaseGeometry):
         chunk = self.cfg.isosurface_chunk or points.shape[0]
         field = torch.cat([self.forward_field(p) for p in points.split(chunk)], 0).reshape(res, res, res)
         level = self.isosurface_level(field)
-        v_pos, faces = marching_cubes(
-            field.float().cpu(), level, bbox=self.bbox.cpu(), inside_is_greater=self.field_kind == "density"
-        )
+        try:
+            v_pos, faces = marching_cubes(
+                field.float().cpu(), level, bbox=self.bbox.cpu(), inside_is_greater=self.field_kind == "density"
+            )
+        except ValueError as exc:
+            raise SurfaceError(
+                f"{exc} Set system.geometry.isosurface_threshold (a number, or auto for the field's mean) "
+                f"on the --export command line, or train longer."
+            ) from None
         mesh = Mesh(v_pos.to(self.bbox.device), faces.to(self.bbox.device))
         if self.cfg.isosurface_remove_outliers:
             mesh = mesh.remove_outlier(self.cfg.isosurface_outlier_n_faces_threshold)
