@@ -49,7 +49,7 @@ def original_predictions(guidance):
         return eps.chunk(2)[1]
 
     def predictions(z_t, t, camera, extra_sd=None):
-        eps_cond, _ = guidance.zero123_noise(z_t, t, camera, with_uncond=True)  # zero123 CFG, uncond discarded
+        eps_cond, _ = guidance.zero123.noise_predictions(z_t, t, camera, with_uncond=True)  # zero123 CFG, uncond discarded
         eps_uncond = sd_cfg(z_t, t)
         extra = None
         if extra_sd is not None:  # render and input in separate SD CFG calls

@@ -132,7 +132,7 @@ def test_image_usd_gradient_is_the_unbiased_score(usd_at, raw, lam):
     assert out["loss_usd"].item() == pytest.approx(0.5 * grad.pow(2).sum().item() / 2, rel=1e-4)
     assert out["usd_lambda"].item() == lam
     # the SD unconditional differs from Zero-1-to-3's: the test can tell them apart
-    assert not torch.allclose(eps_u, usd.zero123_noise(z_t, t, usd.zero123.camera_embedding(BATCH), True)[1], atol=1e-3)
+    assert not torch.allclose(eps_u, usd.zero123.noise_predictions(z_t, t, usd.zero123.camera_embedding(BATCH))[1], atol=1e-3)
 
 
 def test_lambda_one_with_zero123_unconditional_is_zero123_sds_exactly(tiny_zero123_path, tiny_sd_path, cache_dir):

@@ -14,7 +14,7 @@ Novel (random) view, per sample b of the batch:
                 latents; it is convolutional (+ attention), so any size runs. With the tiny test
                 models, both latents are 8².
        zero123  Zero-1-to-3's own zero-image, zero-pose prediction, in the same UNet call as
-                eps_cond (batch 2B, laid out exactly as `zero123-guidance`): plain Zero-1-to-3 CFG;
+                eps_cond (batch 2B, from `zero123-guidance.noise_predictions`): plain Zero-1-to-3 CFG;
   4. grad = w(t) [ w_cfg (eps_cond - eps_uncond) + lambda (eps_uncond - eps) ], lambda = `usd_lambda`
      (scheduled; 0 = USD, 1 = SDS), w(t) = 1 - alphabar_t (`weighting_strategy: sds`);
      `loss_usd` = 0.5 ||z - stopgrad(z - grad)||² / B.
@@ -201,21 +201,6 @@ class USDImageGuidance(ScoreDistillationGuidance):
                 results[i] = part
         return results  # type: ignore[return-value]
 
-    def zero123_noise(self, z_t: Tensor, t: Tensor, camera: Tensor, with_uncond: bool) -> tuple[Tensor, Optional[Tensor]]:
-        """(eps_cond, eps_uncond or None) of Zero-1-to-3 in one UNet call; the unconditional branch
-        (zero image latent, zero context) is batched exactly as in `zero123-guidance`."""
-        image_latents, context = self.zero123.conditioning(camera)
-        pipe = self.zero123.pipe
-        if not with_uncond:
-            return pipe.predict_noise(z_t, t, image_latents, context), None
-        eps = pipe.predict_noise(
-            torch.cat([z_t, z_t]), torch.cat([t, t]),
-            torch.cat([image_latents, torch.zeros_like(image_latents)]),
-            torch.cat([context, torch.zeros_like(context)]),
-        )
-        eps_cond, eps_uncond = eps.chunk(2)
-        return eps_cond, eps_uncond
-
     def predictions(
         self, z_t: Tensor, t: Tensor, camera: Tensor, extra_sd: Optional[tuple[Tensor, Tensor]] = None
     ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
@@ -223,7 +208,7 @@ class USDImageGuidance(ScoreDistillationGuidance):
         (z [N,4,h',w'], t [N]) computed in the same SD call: one Zero-1-to-3 call, at most one SD call
         per latent size."""
         from_sd = self.cfg.unconditional == "sd"
-        eps_cond, eps_uncond = self.zero123_noise(z_t, t, camera, with_uncond=not from_sd)
+        eps_cond, eps_uncond = self.zero123.noise_predictions(z_t, t, camera, with_uncond=not from_sd)
         sd_inputs = ([(z_t, t)] if from_sd else []) + ([extra_sd] if extra_sd is not None else [])
         sd_eps = self.sd_unconditional(sd_inputs) if sd_inputs else []
         if from_sd:

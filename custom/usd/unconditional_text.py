@@ -7,12 +7,10 @@ loaded, used once, released).
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 from torch import Tensor
 
 from lift3d.prompt.cache import TextEmbeddingCache, model_fingerprint
-from lift3d.prompt.stable_diffusion import StableDiffusionPromptProcessor
+from lift3d.prompt.stable_diffusion import encode_prompts
 
 
 def prompt_embedding(model_path: str, cache_dir: str, prompt: str = "", use_cache: bool = True) -> Tensor:
@@ -20,9 +18,7 @@ def prompt_embedding(model_path: str, cache_dir: str, prompt: str = "", use_cach
     cache = TextEmbeddingCache(cache_dir, model_fingerprint(model_path))
     embedding = cache.load(prompt) if use_cache else None
     if embedding is None:
-        # the processor's encoder needs only its resolved model path
-        encoder = SimpleNamespace(model_path=model_path)
-        embedding = StableDiffusionPromptProcessor.encode_prompts(encoder, [prompt])[0]
+        embedding = encode_prompts(model_path, [prompt])[0]
         if use_cache:
             cache.save(prompt, embedding)
     return embedding[None]

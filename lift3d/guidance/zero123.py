@@ -146,15 +146,25 @@ class Zero123Guidance(ScoreDistillationGuidance):
         context = self.pipe.conditioning(self.reference_embedding.to(self.weights_dtype), camera)  # [B,1,D]
         return self.reference_latents.expand(B, -1, -1, -1), context
 
-    def guided_noise(self, z_t: Tensor, t: Tensor, camera: Tensor) -> Tensor:
-        """eps_u + s (eps_c - eps_u); conditional = (reference, pose), unconditional = (zero image, zero pose)."""
+    def noise_predictions(
+        self, z_t: Tensor, t: Tensor, camera: Tensor, with_uncond: bool = True
+    ) -> tuple[Tensor, Optional[Tensor]]:
+        """(eps_cond, eps_uncond or None) in one UNet call: conditional = (reference, pose),
+        unconditional = (zero image latent, zero context), batched [cond; uncond]."""
         image_latents, context = self.conditioning(camera)
+        if not with_uncond:
+            return self.pipe.predict_noise(z_t, t, image_latents, context), None
         eps = self.pipe.predict_noise(
             torch.cat([z_t, z_t]), torch.cat([t, t]),
             torch.cat([image_latents, torch.zeros_like(image_latents)]),
             torch.cat([context, torch.zeros_like(context)]),
         )
         eps_cond, eps_uncond = eps.chunk(2)
+        return eps_cond, eps_uncond
+
+    def guided_noise(self, z_t: Tensor, t: Tensor, camera: Tensor) -> Tensor:
+        """eps_u + s (eps_c - eps_u) of Zero-1-to-3's own classifier-free guidance."""
+        eps_cond, eps_uncond = self.noise_predictions(z_t, t, camera)
         return classifier_free_guidance(eps_uncond, eps_cond, self.cfg.guidance_scale)
 
     # ------------------------------------------------------------------ SDS

@@ -228,24 +228,9 @@ class StableDiffusionPromptProcessor(BasePromptProcessor):
                     self.cache.save(p, emb)
         return found
 
-    @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> Tensor:
         """[N, 77, D] float32 CPU embeddings of `prompts`; the text encoder is freed afterwards."""
-        from transformers import CLIPTextModel, CLIPTokenizer
-
-        device = default_device()
-        tokenizer = CLIPTokenizer.from_pretrained(self.model_path, subfolder="tokenizer")
-        text_encoder = CLIPTextModel.from_pretrained(self.model_path, subfolder="text_encoder").to(device)
-        text_encoder.eval()
-        try:
-            # 77 for CLIP; a tokenizer folder without model_max_length reports a huge number
-            max_length = min(int(tokenizer.model_max_length), int(text_encoder.config.max_position_embeddings))
-            tokens = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
-            embeddings = text_encoder(tokens.input_ids.to(device))[0].float().cpu()
-        finally:
-            del text_encoder, tokenizer
-            free_memory()
-        return embeddings
+        return encode_prompts(self.model_path, prompts)
 
     # ------------------------------------------------------------------ output
     def __call__(self) -> PromptProcessorOutput:
@@ -264,4 +249,25 @@ class StableDiffusionPromptProcessor(BasePromptProcessor):
         )
 
 
-__all__ = ["PromptProcessorOutput", "StableDiffusionPromptProcessor", "library_prompts", "resolve_prompt", "DIRECTION_NAMES"]
+__all__ = ["PromptProcessorOutput", "StableDiffusionPromptProcessor", "encode_prompts", "library_prompts", "resolve_prompt", "DIRECTION_NAMES"]
+
+
+@torch.no_grad()
+def encode_prompts(model_path: str, prompts: list[str]) -> Tensor:
+    """[N, 77, D] float32 CPU embeddings of `prompts` with the SD folder's tokenizer and text encoder,
+    loaded for this call and freed afterwards."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    device = default_device()
+    tokenizer = CLIPTokenizer.from_pretrained(model_path, subfolder="tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(model_path, subfolder="text_encoder").to(device)
+    text_encoder.eval()
+    try:
+        # 77 for CLIP; a tokenizer folder without model_max_length reports a huge number
+        max_length = min(int(tokenizer.model_max_length), int(text_encoder.config.max_position_embeddings))
+        tokens = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
+        embeddings = text_encoder(tokens.input_ids.to(device))[0].float().cpu()
+    finally:
+        del text_encoder, tokenizer
+        free_memory()
+    return embeddings

@@ -20,8 +20,6 @@ the instant-ngp / nerfstudio format (OpenGL c2w `transform_matrix`, `camera_angl
 """
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -31,6 +29,7 @@ import torch.nn.functional as F
 from lift3d.registry import register
 from lift3d.systems.base import BaseLift3DSystem
 from lift3d.systems.regularizers import compute_regularizers
+from lift3d.utils.rgba_dataset import RGBADatasetWriter
 from lift3d.utils.saving import image_row, save_image, save_video_from_folder
 
 
@@ -45,6 +44,7 @@ class Lift3DSystem(BaseLift3DSystem):
         save_rgba_dataset: bool = False
 
     system_losses = ("rgb", "mask")
+    _rgba_writer: Optional[RGBADatasetWriter] = None  # set for a test pass with save_rgba_dataset
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         return self.renderer(**batch)
@@ -127,48 +127,23 @@ class Lift3DSystem(BaseLift3DSystem):
         out = self(batch)
         for b, index in enumerate(batch["index"].tolist()):
             save_image(self.save_path(f"it{self.true_global_step}-test/{index}.png"), self._eval_row(out, b))
-            if self.cfg.save_rgba_dataset:
-                if not hasattr(self, "_rgba_frames"):
-                    self._rgba_frames = []
-                self._rgba_frames.append(self._save_rgba_frame(batch, out, b, index))
-
-    def _save_rgba_frame(self, batch: dict[str, Any], out: dict[str, torch.Tensor], b: int, index: int) -> dict:
-        """Write view b as a straight-alpha RGBA PNG; return its transforms.json frame entry."""
-        alpha = out["opacity"][b].clamp(0.0, 1.0)  # [H,W,1]
-        rgb = torch.where(alpha > 1e-4, out["comp_rgb_fg"][b] / alpha.clamp(min=1e-4), torch.zeros_like(out["comp_rgb_fg"][b]))
-        name = f"images/{index:04d}.png"
-        save_image(self.save_path(f"it{self.true_global_step}-test-rgba/{name}"), torch.cat([rgb.clamp(0, 1), alpha], -1))
-        H, W = int(batch["height"]), int(batch["width"])
-        fl = 0.5 * H / math.tan(0.5 * float(batch["fovy"][b]))  # pixels (fovy is vertical)
-        return {
-            "file_path": name, "transform_matrix": batch["c2w"][b].detach().float().cpu().tolist(),  # OpenGL c2w
-            "w": W, "h": H, "fl_x": fl, "fl_y": fl, "cx": 0.5 * W, "cy": 0.5 * H,
-            "camera_angle_x": 2.0 * math.atan(0.5 * W / fl), "camera_angle_y": float(batch["fovy"][b]),
-            "elevation_deg": float(batch["elevation"][b]), "azimuth_deg": float(batch["azimuth"][b]),
-            "camera_distance": float(batch["camera_distances"][b]),
-        }
+            if self._rgba_writer is not None:
+                self._rgba_writer.add(batch, out, b, index)
 
     def on_test_epoch_start(self) -> None:
         # a repeated test pass at the same step replaces the previous frames
         for old in self.save_path(f"it{self.true_global_step}-test/x").parent.glob("*.png"):
             old.unlink()
-        self._rgba_frames: list[dict] = []
+        self._rgba_writer = None
         if self.cfg.save_rgba_dataset:
-            for old in self.save_path(f"it{self.true_global_step}-test-rgba/images/x").parent.glob("*.png"):
-                old.unlink()
+            self._rgba_writer = RGBADatasetWriter(self.save_path(f"it{self.true_global_step}-test-rgba/x").parent)
 
     def on_test_epoch_end(self) -> None:
         folder = self.save_path(f"it{self.true_global_step}-test")
         if any(folder.glob("*.png")):
             save_video_from_folder(folder, self.save_path(f"it{self.true_global_step}-test.mp4"), fps=30)
-        if self.cfg.save_rgba_dataset and getattr(self, "_rgba_frames", None):
-            frames = sorted(self._rgba_frames, key=lambda f: f["file_path"])
-            shared = ("w", "h", "fl_x", "fl_y", "cx", "cy", "camera_angle_x", "camera_angle_y")
-            # intrinsics shared by every frame go to the top level (instant-ngp); per-frame ones stay per frame
-            top = {k: frames[0][k] for k in shared if all(f[k] == frames[0][k] for f in frames)}
-            frames = [{k: v for k, v in f.items() if k not in top} for f in frames]
-            path = self.save_path(f"it{self.true_global_step}-test-rgba/transforms.json")
-            path.write_text(json.dumps({"camera_model": "OPENCV", **top, "frames": frames}, indent=1))
+        if self._rgba_writer is not None:
+            self._rgba_writer.finish()
 
     # ------------------------------------------------------------------ export (--export)
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> None:

@@ -88,15 +88,8 @@ def _corner_index(c0, c1, c2, res, size, hashed, D: tl.constexpr):
 
 
 @triton.jit
-def _fwd_kernel(
-    x_ptr, table_ptr, out_ptr, meta_f_ptr, meta_i_ptr, N, OUT_STRIDE,
-    D: tl.constexpr, F: tl.constexpr, BLOCK: tl.constexpr,
-):
-    pid = tl.program_id(0)
-    lvl = tl.program_id(1)
-    rows = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = rows < N
-    scale, res, size, offset, hashed = _level_params(meta_f_ptr, meta_i_ptr, lvl)
+def _cell(x_ptr, rows, mask, scale, D: tl.constexpr):
+    """Per-axis fractional position t_d and cell index c_d of each point (unused axes repeat axis 0)."""
     t0, c0 = _axis(x_ptr, rows, mask, scale, 0, D)
     t1 = t0
     c1 = c0
@@ -106,6 +99,20 @@ def _fwd_kernel(
         t1, c1 = _axis(x_ptr, rows, mask, scale, 1, D)
     if D > 2:
         t2, c2 = _axis(x_ptr, rows, mask, scale, 2, D)
+    return t0, c0, t1, c1, t2, c2
+
+
+@triton.jit
+def _fwd_kernel(
+    x_ptr, table_ptr, out_ptr, meta_f_ptr, meta_i_ptr, N, OUT_STRIDE,
+    D: tl.constexpr, F: tl.constexpr, BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    lvl = tl.program_id(1)
+    rows = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = rows < N
+    scale, res, size, offset, hashed = _level_params(meta_f_ptr, meta_i_ptr, lvl)
+    t0, c0, t1, c1, t2, c2 = _cell(x_ptr, rows, mask, scale, D)
     feat = tl.arange(0, F)
     acc = tl.zeros([BLOCK, F], dtype=tl.float32)
     for corner in tl.static_range(1 << D):
@@ -136,15 +143,7 @@ def _bwd_kernel(
     rows = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = rows < N
     scale, res, size, offset, hashed = _level_params(meta_f_ptr, meta_i_ptr, lvl)
-    t0, c0 = _axis(x_ptr, rows, mask, scale, 0, D)
-    t1 = t0
-    c1 = c0
-    t2 = t0
-    c2 = c0
-    if D > 1:
-        t1, c1 = _axis(x_ptr, rows, mask, scale, 1, D)
-    if D > 2:
-        t2, c2 = _axis(x_ptr, rows, mask, scale, 2, D)
+    t0, c0, t1, c1, t2, c2 = _cell(x_ptr, rows, mask, scale, D)
     feat = tl.arange(0, F)
     g = tl.load(gout_ptr + rows[:, None] * OUT_STRIDE + lvl * F + feat[None, :], mask=mask[:, None], other=0.0)
     dx0 = tl.zeros([BLOCK], dtype=tl.float32)
