@@ -40,6 +40,9 @@ BUILTIN_MODULES = (
     "lift3d.systems.aliases",
     "lift3d.materials.pbr",
     "lift3d.export.pbr_textures",
+    "lift3d.renderers.neus_volume_renderer",
+    "lift3d.data.multiview_images",
+    "lift3d.systems.multiview_reconstruction",
 )
 _builtins_loaded = False
 

@@ -6,7 +6,9 @@ three-stage text-to-3D. Registers:
 - data module `usd-image-datamodule` (data.py): single-image-datamodule + USD's test turntable;
 - systems `usd-system` and `usd-text-system` (systems.py): lift3d-system with USD defaults.
 
-Configs: custom/usd/configs/ (usd-patch.yaml; usd-text-to-3D-{patch,geometry,texture}.yaml);
-commands: custom/usd/README.md.
+Configs: custom/usd/configs/ (usd-patch.yaml; usd-text-to-3D-{patch,geometry,texture}.yaml;
+usd-view-distillation.yaml); commands: custom/usd/README.md. View distillation after an
+image-to-3D run (§4: novel views, DreamBooth-LoRA, SDEdit, NeuS) is a command, not a registered
+component: `python -m custom.usd.view_distillation run=<trial>` (view_distillation/, not imported here).
 """
 from . import data, image_guidance, systems, text_guidance  # noqa: F401  (registration)

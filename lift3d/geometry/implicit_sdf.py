@@ -4,8 +4,8 @@
 sdf(x) = MLP_s(enc(x)) + bias(x), features(x) = MLP_f(enc(x)), x normalised from the bbox
 [-radius, radius]^3 to [0,1]^3 for the encoding; negative inside. `sdf_bias`: a number, "sphere"
 (|x| − r, r = sdf_bias_params, default 0.5) or "ellipsoid" (sdf_bias_params = semi-axes).
-Normals are ∇sdf / |∇sdf| (outward), by central finite differences or autograd ("analytic"; then
-`sdf_grad` is returned too, for the eikonal regularizer).
+Normals are ∇sdf / |∇sdf| (outward), by central finite differences or autograd ("analytic");
+either way `sdf_grad` (∇sdf) is returned too, for the eikonal regularizer and NeuS's cos term.
 
 Isosurface: `isosurface_method: mt` (default, as threestudio) runs differentiable marching
 tetrahedra on a generated tet grid of `isosurface_resolution` over the bbox (optionally deformed by
@@ -138,6 +138,7 @@ class ImplicitSDF(BaseImplicitGeometry):
                     probe = torch.cat([points[:, None] + offsets, points[:, None] - offsets], 1)  # [N,6,3]
                     s = self.forward_field(probe.reshape(-1, 3)).reshape(-1, 6)
                     grad = (s[:, :3] - s[:, 3:]) / (2.0 * eps)  # [N,3]
+                    out["sdf_grad"] = grad  # differentiable w.r.t. the parameters (eikonal)
                 out["normal"] = F.normalize(grad, dim=-1)
         return out
 

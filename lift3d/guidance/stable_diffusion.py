@@ -103,11 +103,13 @@ class StableDiffusionGuidance(ScoreDistillationGuidance):
         return self
 
     # ------------------------------------------------------------------ model calls
-    def encode_images(self, images: Tensor) -> Tensor:
-        """images [B,3,H,W] in [0,1] -> scaled latents [B,4,h,w] (differentiable, in images' dtype)."""
+    def encode_images(self, images: Tensor, sample: bool = True) -> Tensor:
+        """images [B,3,H,W] in [0,1] -> scaled latents [B,4,h,w] (differentiable, in images' dtype);
+        a posterior sample, or its mode (mean) with sample=False (deterministic: SDEdit, DreamBooth)."""
         x = (images * 2.0 - 1.0).to(self.weights_dtype)
         posterior = self.vae.encode(x).latent_dist
-        return (posterior.sample() * self.scaling_factor).to(images.dtype)
+        latents = posterior.sample() if sample else posterior.mode()
+        return (latents * self.scaling_factor).to(images.dtype)
 
     @torch.no_grad()
     def decode_latents(self, latents: Tensor) -> Tensor:

@@ -51,6 +51,7 @@ object toy small large big red green blue yellow white black orange purple pink 
 metal glass plastic stone hamburger pineapple car chair table dog cat bird horse teddy bear robot
 house tree flower cake cup mug lamp shoe hat castle ship boat plane bunny rabbit frog fox owl
 sitting standing holding wearing made cute old new delicious plate of
+cube sphere cone cylinder torus
 """.split()
 
 
@@ -113,7 +114,7 @@ def _write_tokenizer_files(folder: Path) -> None:
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
 
 
-def _write_tokenizer(folder: Path, pad_token: str):
+def write_tokenizer(folder: Path, pad_token: str):
     """A CLIPTokenizer read from the hand-made vocab files (the way any transformers version loads CLIP's)."""
     from transformers import CLIPTokenizer
 
@@ -171,13 +172,12 @@ def make_tiny_sd(out_dir: PathLike, seed: int = 0) -> Path:
     64×64 images <-> 4×8×8 latents; prompts -> [B, 77, 32] text embeddings.
     """
     import torch
-    from diffusers import DDPMScheduler, StableDiffusionPipeline
     from transformers import CLIPTextConfig, CLIPTextModel
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with torch.random.fork_rng(devices=[]):
-        tokenizer = _write_tokenizer(out / "tokenizer", pad_token="!")  # SD 2.x pads with "!"
+        tokenizer = write_tokenizer(out / "tokenizer", pad_token="!")  # SD 2.x pads with "!"
         torch.manual_seed(seed)
         text_encoder = CLIPTextModel(
             CLIPTextConfig(
@@ -196,6 +196,15 @@ def make_tiny_sd(out_dir: PathLike, seed: int = 0) -> Path:
         )
         unet = _tiny_unet(seed + 1, in_channels=4, cross_attention_dim=TINY_WIDTH, sd2_style=True)
         vae = _tiny_vae(seed + 2)
+    write_sd_folder(out, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet)
+    return out
+
+
+def write_sd_folder(out: PathLike, vae, text_encoder, tokenizer, unet) -> Path:
+    """Saves SD components as a StableDiffusionPipeline folder (SD 2.1-base's scheduler); returns it."""
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+    out = Path(out)
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -212,6 +221,39 @@ def make_tiny_sd(out_dir: PathLike, seed: int = 0) -> Path:
     return out
 
 
+def clip_image_processor(size: int):
+    """OpenAI CLIP's preprocessing (mean / std) at a `size`² crop."""
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        do_resize=True,
+        do_center_crop=True,
+        do_normalize=True,
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+
+
+def write_zero123_folder(out: PathLike, vae, unet, image_encoder, feature_extractor, projection) -> Path:
+    """Saves Zero-1-to-3 components in the zero123-xl diffusers layout (DDIM scheduler); returns it."""
+    from diffusers import DDIMScheduler
+
+    from extern.zero123.pipeline import zero123_model_index
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    vae.save_pretrained(out / "vae")
+    unet.save_pretrained(out / "unet")
+    image_encoder.save_pretrained(out / "image_encoder")
+    feature_extractor.save_pretrained(out / "feature_extractor")
+    projection.save_pretrained(out / "clip_camera_projection")
+    DDIMScheduler(**SD_SCHEDULE, set_alpha_to_one=False).save_pretrained(out / "scheduler")
+    (out / "model_index.json").write_text(json.dumps(zero123_model_index(), indent=2) + "\n", encoding="utf-8")
+    return out
+
+
 def make_tiny_zero123(out_dir: PathLike, seed: int = 0) -> Path:
     """Writes a Zero-1-to-3-shaped folder (published zero123-xl diffusers layout); returns it.
 
@@ -220,10 +262,9 @@ def make_tiny_zero123(out_dir: PathLike, seed: int = 0) -> Path:
     projection width (32 here, 768 in the real model); the camera projection maps 32+4 -> 32.
     """
     import torch
-    from diffusers import DDIMScheduler
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from extern.zero123.pipeline import CCProjection, zero123_model_index
+    from extern.zero123.pipeline import CCProjection
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -245,26 +286,10 @@ def make_tiny_zero123(out_dir: PathLike, seed: int = 0) -> Path:
         vae = _tiny_vae(seed + 2)
         torch.manual_seed(seed + 3)
         projection = CCProjection(embedding_dim=TINY_WIDTH, additional_embeddings=4)
-    feature_extractor = CLIPImageProcessor(
-        size={"shortest_edge": 32},
-        crop_size={"height": 32, "width": 32},
-        do_resize=True,
-        do_center_crop=True,
-        do_normalize=True,
-        image_mean=[0.48145466, 0.4578275, 0.40821073],
-        image_std=[0.26862954, 0.26130258, 0.27577711],
+    return write_zero123_folder(
+        out, vae=vae, unet=unet, image_encoder=image_encoder, feature_extractor=clip_image_processor(32),
+        projection=projection,
     )
-    scheduler = DDIMScheduler(**SD_SCHEDULE, set_alpha_to_one=False)
-
-    vae.save_pretrained(out / "vae")
-    unet.save_pretrained(out / "unet")
-    image_encoder.save_pretrained(out / "image_encoder")
-    feature_extractor.save_pretrained(out / "feature_extractor")
-    projection.save_pretrained(out / "clip_camera_projection")
-    scheduler.save_pretrained(out / "scheduler")
-    index = zero123_model_index()
-    (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-    return out
 
 
 FACTORIES = {"sd": make_tiny_sd, "zero123": make_tiny_zero123}

@@ -140,3 +140,23 @@ def z_variance_along_rays(
     if normalize:
         var = var / opacity.clamp_min(eps)
     return var
+
+
+def render_weight_from_alpha(
+    alphas: Tensor, ray_indices: Tensor, n_rays: int, max_alpha: float = 1.0 - 1e-6
+) -> Tuple[Tensor, Tensor]:
+    """Packed weights from per-sample opacities (NeuS and other alpha-based renderers).
+
+    w_i = alpha_i * T_i with T_i = prod_{j < i, same ray} (1 - alpha_j). The product is computed
+    as exp(-sum_j -log(1 - alpha_j)) through `render_transmittance_from_density` (sigma_j * delta_j
+    = -log(1 - alpha_j)), so it shares its per-ray prefix sum and its fast path; alphas are
+    clamped to `max_alpha` inside the log only (T after an opaque sample is then 1e-6, not 0).
+
+    Args: alphas [S] in [0, 1]; ray_indices [S] long, sorted; n_rays.
+    Returns: weights [S], transmittance [S]; differentiable w.r.t. alphas.
+    """
+    alphas = alphas.reshape(-1)
+    sigma_delta = -torch.log1p(-alphas.clamp(0.0, max_alpha))  # [S]
+    zeros = torch.zeros_like(sigma_delta)
+    trans, _ = render_transmittance_from_density(zeros, torch.ones_like(sigma_delta), sigma_delta, ray_indices, n_rays)
+    return trans * alphas, trans

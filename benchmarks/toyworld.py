@@ -1,0 +1,94 @@
+#!/usr/bin/env python
+"""Toy-world evaluation: USD (lambda 0) against SDS (lambda 1) text-to-3D on the shipped toy prior,
+scored against the true shapes.
+
+    python benchmarks/toyworld.py                      # 5 prompts × {USD, SDS}, configs/demo/text-to-3d.yaml
+    python benchmarks/toyworld.py --jobs 2 --prompts "a red cube" "a blue sphere" --steps 400
+
+Each run is `launch.py --config configs/demo/text-to-3d.yaml --train` (fit, then the test pass,
+which writes the RGBA turntable with cameras) with `system.guidance.usd_lambda` set; the turntable
+is scored by lift3d/toyworld/scoring.py: silhouette IoU against the true shape rendered at the
+same cameras, and whether the result's colour is nearest the prompt's. A result passes with
+IoU >= 0.7 and the right colour. Prints a Markdown table (benchmarks/RESULTS.md keeps it).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+DEFAULT_PROMPTS = ["a red cube", "a blue sphere", "a green cone", "a yellow cylinder", "a purple torus"]
+METHODS = {"USD": 0.0, "SDS": 1.0}
+
+
+def run_one(prompt: str, method: str, args) -> dict:
+    from lift3d.toyworld.scoring import score_trial
+    from lift3d.toyworld.shapes import parse_caption
+
+    root = Path(args.out) / method
+    tag = prompt.replace(" ", "_")
+    cmd = [
+        sys.executable, str(REPO / "launch.py"), "--config", str(REPO / args.config), "--train",
+        f"system.prompt_processor.prompt={prompt}", f"system.guidance.usd_lambda={METHODS[method]}",
+        f"exp_root_dir={root}", "use_timestamp=false", f"seed={args.seed}", "trainer.enable_progress_bar=false",
+        *(["trainer.max_steps=" + str(args.steps)] if args.steps else []), *args.overrides,
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    start = time.perf_counter()
+    log = root / f"{tag}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        return {"prompt": prompt, "method": method, "error": f"exit {proc.returncode}, see {log}", "seconds": seconds}
+    trial = next((root / "demo-text-to-3d").glob(f"{tag}*"))
+    score = score_trial(trial, *parse_caption(prompt))
+    return {"prompt": prompt, "method": method, "score": score, "seconds": seconds}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--prompts", nargs="+", default=DEFAULT_PROMPTS)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--config", default="configs/demo/text-to-3d.yaml")
+    parser.add_argument("--steps", type=int, default=None, help="trainer.max_steps (default: the config's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
+    parser.add_argument("--out", default="outputs/toyworld")
+    parser.add_argument("overrides", nargs="*", help="extra key=value config overrides for every run")
+    args = parser.parse_args()
+    args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+    runs = [(p, m) for m in args.methods for p in args.prompts]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(args.jobs) as pool:
+        results = list(pool.map(lambda pm: run_one(*pm, args), runs))
+    print(f"\nconfig {args.config}, steps {args.steps or 'config'}, seed {args.seed}, "
+          f"{args.jobs} job(s) × {args.threads} thread(s), {time.perf_counter() - start:.0f} s in all\n")
+    print("| prompt | method | silhouette IoU | colour error | colour seen | pass | seconds |")
+    print("|---|---|---|---|---|---|---|")
+    passed = {m: 0 for m in args.methods}
+    for r in results:
+        if "error" in r:
+            print(f"| {r['prompt']} | {r['method']} | — | — | — | error: {r['error']} | {r['seconds']:.0f} |")
+            continue
+        s = r["score"]
+        passed[r["method"]] += s.passed()
+        print(f"| {r['prompt']} | {r['method']} | {s.iou:.3f} | {s.colour_error:.3f} | {s.predicted_colour} | "
+              f"{'yes' if s.passed() else 'no'} | {r['seconds']:.0f} |")
+    print()
+    for m in args.methods:
+        print(f"{m}: {passed[m]} of {len(args.prompts)} prompts pass (IoU >= 0.7 and the right colour)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Regenerate the toy-world reference image of configs/demo/image-to-3d.yaml.
+
+    python load/images/make_toy_images.py
+
+* toy_yellow_cone_rgba.png (128×128 RGBA): the toy world's yellow cone (lift3d/toyworld/shapes.py)
+  seen from elevation 15°, azimuth 0°, distance 2.0, vertical fov 40° — the data.default_* values
+  of the demo config — shaded as the toy priors were trained (lift3d/toyworld/render.py), straight
+  colour, antialiased alpha, transparent background.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+from PIL import Image
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from lift3d.toyworld.render import render_shape  # noqa: E402
+
+# (file, shape, colour, elevation, azimuth, distance, fovy, size)
+IMAGES = [("toy_yellow_cone_rgba.png", "cone", "yellow", 15.0, 0.0, 2.0, 40.0, 128)]
+
+
+def main() -> None:
+    for name, shape, colour, elevation, azimuth, distance, fovy, size in IMAGES:
+        one = lambda x: torch.tensor([float(x)])  # noqa: E731
+        rgb, mask = render_shape(shape, colour, one(elevation), one(azimuth), one(distance), one(fovy), size,
+                                 supersample=4, background=0.0)
+        straight = torch.where(mask > 1e-4, rgb / mask.clamp(min=1e-4), torch.zeros_like(rgb)).clamp(0, 1)
+        rgba = torch.cat([straight, mask], -1)[0]
+        out = os.path.join(HERE, name)
+        Image.fromarray((rgba * 255).round().byte().numpy(), mode="RGBA").save(out, optimize=True)
+        print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""The toy world (issue #7): procedural dataset, scoring against the true shape, and the shipped
+toy priors (load/priors/) loading through the real models' from_pretrained paths."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lift3d.toyworld import dataset as toy_dataset
+from lift3d.toyworld.render import render_shape
+from lift3d.toyworld.scoring import score_views
+from lift3d.toyworld.shapes import COLOURS, SHAPES, parse_caption, shape_mesh
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_catalogue_meshes_are_closed_and_fit_the_frame():
+    assert set(SHAPES) == {"cube", "sphere", "cone", "cylinder", "torus"} and len(COLOURS) >= 4
+    for shape in SHAPES:
+        v, f, n = shape_mesh(shape)
+        assert f.shape[1] == 3 and n.shape == v.shape
+        assert torch.allclose(n.norm(dim=-1), torch.ones(len(n)), atol=1e-4)
+        extent = v.norm(dim=-1).max()
+        assert 0.3 < extent < 0.6, (shape, extent)  # fits the cameras' frame at distance ~2
+
+
+def test_dataset_captions_cameras_and_masks():
+    data = toy_dataset.generate(views_per_object=6, size=32, seed=1, objects=[("cube", "red"), ("torus", "blue")])
+    assert data.images.shape == (12, 32, 32, 3) and data.masks.shape == (12, 32, 32, 1)
+    assert data.elevation.min() >= -10 and data.elevation.max() <= 45
+    assert data.distance.min() >= 1.8 and data.distance.max() <= 2.2
+    caps = data.view_captions()
+    assert caps[0].startswith("a red cube, ") and caps[-1].startswith("a blue torus, ")
+    assert all(c.split(", ")[1] in {"front view", "side view", "back view", "overhead view"} for c in caps)
+    # the object covers a sensible part of every frame; background pixels are white
+    cover = data.masks.mean((1, 2, 3))
+    assert (cover > 0.05).all() and (cover < 0.6).all()
+    bg = data.masks[..., 0] == 0
+    assert torch.allclose(data.images[bg], torch.ones(3))
+    # a red object is red where covered
+    fg = data.masks[:6, ..., 0] > 0.99
+    mean = data.images[:6][fg].mean(0)
+    assert mean[0] > 2 * mean[1] and mean[0] > 2 * mean[2]
+
+
+def test_dataset_save_load_round_trip(tmp_path):
+    data = toy_dataset.generate(views_per_object=2, size=16, seed=0, objects=[("cone", "green")])
+    data.save(tmp_path / "d.npz")
+    back = toy_dataset.ToyDataset.load(tmp_path / "d.npz")
+    assert back.objects == [("cone", "green")] and back.view_captions() == data.view_captions()
+    assert (back.images - data.images).abs().max() <= 0.5 / 255 + 1e-6
+
+
+def _views(shape: str, colour: str, n: int = 8, size: int = 48):
+    ele = torch.full((n,), 20.0)
+    azi = torch.linspace(-180, 180, n + 1)[:-1]
+    dist, fovy = torch.full((n,), 2.0), torch.full((n,), 40.0)
+    rgb, mask = render_shape(shape, colour, ele, azi, dist, fovy, size, background=0.0)
+    straight = torch.where(mask > 1e-4, rgb / mask.clamp(min=1e-4), torch.zeros_like(rgb))
+    cams = {"elevation": ele, "azimuth": azi, "distance": dist, "fovy_deg": fovy}
+    return torch.cat([straight, mask], -1), cams
+
+
+def test_scoring_against_the_true_shape():
+    images, cams = _views("cube", "red")
+    right = score_views(images, cams, "cube", "red")
+    assert right.iou > 0.97 and right.right_colour and right.colour_error < 0.05 and right.passed()
+    # another shape of the same colour: lower IoU; same shape, other colour: wrong colour
+    sphere = score_views(*_views("torus", "red"), "cube", "red")
+    assert sphere.iou < 0.6 and not sphere.passed()
+    blue = score_views(*_views("cube", "blue"), "cube", "red")
+    assert blue.iou > 0.97 and not blue.right_colour and blue.predicted_colour == "blue"
+    empty = score_views(torch.zeros_like(images), cams, "cube", "red")
+    assert empty.iou == 0.0 and not empty.passed()
+
+
+def test_parse_caption():
+    assert parse_caption("a purple torus, side view") == ("torus", "purple")
+    with pytest.raises(ValueError, match="names no toy-world object"):
+        parse_caption("a hamburger")
+
+
+# ---------------------------------------------------------------- the shipped priors (load/priors/)
+TOY_SD = REPO / "load/priors/toy-sd"
+TOY_ZERO123 = REPO / "load/priors/toy-zero123"
+CAMERAS = {"elevation": torch.tensor([20.0, 5.0]), "azimuth": torch.tensor([10.0, 100.0]),
+           "camera_distances": torch.tensor([2.0, 2.0])}
+
+
+def test_shipped_priors_fit_the_size_budget():
+    from lift3d.models.tiny_factory import folder_size_bytes
+
+    total = folder_size_bytes(TOY_SD) + folder_size_bytes(TOY_ZERO123)
+    assert 1e6 < total <= 30e6, total
+
+
+def test_toy_sd_prior_loads_with_from_pretrained_and_gives_an_sds_gradient(tmp_path, one_torch_thread):
+    from diffusers import StableDiffusionPipeline
+
+    from lift3d.guidance.stable_diffusion import StableDiffusionGuidance
+    from lift3d.prompt.stable_diffusion import StableDiffusionPromptProcessor
+
+    pipe = StableDiffusionPipeline.from_pretrained(TOY_SD)  # the real model's loader, whole pipeline
+    assert pipe.unet.config.sample_size == 16 and pipe.vae.config.latent_channels == 4
+    prompt_utils = StableDiffusionPromptProcessor({
+        "prompt": "a red cube", "pretrained_model_name_or_path": str(TOY_SD), "cache_dir": str(tmp_path),
+    })()
+    guidance = StableDiffusionGuidance({"pretrained_model_name_or_path": str(TOY_SD), "guidance_scale": 7.5})
+    assert guidance.resolution == 32 and guidance.latent_resolution == 16
+    torch.manual_seed(0)
+    image = torch.rand(2, 32, 32, 3, requires_grad=True)
+    out = guidance(image, CAMERAS, prompt_utils)
+    out["loss_sds"].backward()
+    assert torch.isfinite(image.grad).all() and image.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("prompt,shape,colour", [("a red cube", "cube", "red"), ("a blue sphere", "sphere", "blue")])
+def test_toy_sd_prior_draws_the_prompted_object(prompt, shape, colour, one_torch_thread):
+    """The prior is trained, not random: DDIM samples of a prompt, seen from the training camera
+    distribution, have the prompt's colour and a silhouette close to the shape's."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+    from lift3d.prompt.stable_diffusion import encode_prompts
+    from lift3d.guidance.ddim import ddim_sample, ddim_timesteps
+    from lift3d.toyworld.shapes import COLOURS
+
+    unet = UNet2DConditionModel.from_pretrained(TOY_SD, subfolder="unet").eval()
+    vae = AutoencoderKL.from_pretrained(TOY_SD, subfolder="vae").eval()
+    alphas = DDPMScheduler.from_pretrained(TOY_SD, subfolder="scheduler").alphas_cumprod.float()
+    n = 4
+    cond, uncond = encode_prompts(str(TOY_SD), [f"{prompt}, side view", ""]).chunk(2)
+    text = torch.cat([cond.expand(n, -1, -1), uncond.expand(n, -1, -1)])
+
+    def eps_fn(z, t):
+        with torch.no_grad():
+            ec, eu = unet(torch.cat([z, z]), torch.cat([t, t]), encoder_hidden_states=text).sample.chunk(2)
+        return eu + 5.0 * (ec - eu)
+
+    z = ddim_sample(torch.randn((n, 4, 16, 16), generator=torch.Generator().manual_seed(0)), ddim_timesteps(999, 25),
+                    eps_fn, alphas)
+    with torch.no_grad():
+        img = (vae.decode(z / vae.config.scaling_factor).sample * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
+    fg = (img - 1.0).abs().amax(-1) > 0.15  # not white background
+    cover = fg.float().mean((1, 2))
+    assert ((cover > 0.08) & (cover < 0.6)).all(), cover
+    mean = img[fg].mean(0)
+    nearest = min(COLOURS, key=lambda c: float((torch.tensor(COLOURS[c]) * 0.85 - mean).norm()))
+    assert nearest == colour, (mean, nearest)
+
+
+def test_toy_zero123_prior_loads_and_gives_a_usd_gradient(one_torch_thread, tmp_path):
+    from custom.usd.image_guidance import USDImageGuidance
+    from extern.zero123.pipeline import Zero123Pipeline
+
+    pipe = Zero123Pipeline.from_pretrained(TOY_ZERO123)
+    assert pipe.unet.config.in_channels == 8 and pipe.unet.config.sample_size == 16
+    guidance = USDImageGuidance({
+        "pretrained_model_name_or_path": str(TOY_ZERO123), "sd_model_name_or_path": str(TOY_SD),
+        "cond_image_path": str(REPO / "load/images/toy_yellow_cone_rgba.png"), "cond_elevation_deg": 15.0,
+        "cond_azimuth_deg": 0.0, "cond_camera_distance": 2.0, "cache_dir": str(tmp_path),
+    })
+    torch.manual_seed(0)
+    image = torch.rand(2, 32, 32, 3, requires_grad=True)
+    out = guidance(image, CAMERAS)
+    out["loss_usd"].backward()
+    assert torch.isfinite(image.grad).all() and image.grad.abs().sum() > 0
