@@ -2,7 +2,7 @@
 """Toy-world evaluation: USD (lambda 0) against SDS (lambda 1) text-to-3D on the shipped toy prior,
 scored against the true shapes.
 
-    python benchmarks/toyworld.py                      # 5 prompts × {USD, SDS}, configs/demo/text-to-3d.yaml
+    python benchmarks/toyworld.py --jobs 2             # 5 prompts × {USD, SDS, init}, configs/demo/text-to-3d.yaml
     python benchmarks/toyworld.py --jobs 2 --prompts "a red cube" "a blue sphere" --steps 400
 
 Each run is `launch.py --config configs/demo/text-to-3d.yaml --train` (fit, then the test pass,
@@ -25,7 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 DEFAULT_PROMPTS = ["a red cube", "a blue sphere", "a green cone", "a yellow cylinder", "a purple torus"]
-METHODS = {"USD": 0.0, "SDS": 1.0}
+# method -> (usd_lambda, steps override or None); "init" scores the initial density blob after one
+# step, the floor any silhouette IoU should be read against
+METHODS = {"USD": (0.0, None), "SDS": (1.0, None), "init": (0.0, 1)}
 
 
 def run_one(prompt: str, method: str, args) -> dict:
@@ -33,12 +35,14 @@ def run_one(prompt: str, method: str, args) -> dict:
     from lift3d.toyworld.shapes import parse_caption
 
     root = Path(args.out) / method
+    usd_lambda, steps = METHODS[method]
+    steps = steps or args.steps
     tag = prompt.replace(" ", "_")
     cmd = [
         sys.executable, str(REPO / "launch.py"), "--config", str(REPO / args.config), "--train",
-        f"system.prompt_processor.prompt={prompt}", f"system.guidance.usd_lambda={METHODS[method]}",
+        f"system.prompt_processor.prompt={prompt}", f"system.guidance.usd_lambda={usd_lambda}",
         f"exp_root_dir={root}", "use_timestamp=false", f"seed={args.seed}", "trainer.enable_progress_bar=false",
-        *(["trainer.max_steps=" + str(args.steps)] if args.steps else []), *args.overrides,
+        *(["trainer.max_steps=" + str(steps)] if steps else []), *args.overrides,
     ]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     start = time.perf_counter()
@@ -76,6 +80,7 @@ def main() -> int:
     print("| prompt | method | silhouette IoU | colour error | colour seen | pass | seconds |")
     print("|---|---|---|---|---|---|---|")
     passed = {m: 0 for m in args.methods}
+    results.sort(key=lambda r: (args.prompts.index(r["prompt"]), args.methods.index(r["method"])))
     for r in results:
         if "error" in r:
             print(f"| {r['prompt']} | {r['method']} | — | — | — | error: {r['error']} | {r['seconds']:.0f} |")

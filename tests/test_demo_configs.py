@@ -10,7 +10,8 @@ import pytest
 from helpers import only_trial, run_launch
 
 SHORT = ["trainer.max_steps=6", "trainer.val_check_interval=6", "checkpoint.every_n_train_steps=6",
-         "trainer.enable_progress_bar=false", "data.n_val_views=1", "use_timestamp=false"]
+         "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", "data.n_val_views=1",
+         "use_timestamp=false"]
 
 
 @pytest.fixture(autouse=True)

@@ -33,22 +33,22 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader, Dataset
 
 from lift3d.config import parse_structured
 from lift3d.data.cameras import get_mvp_matrix, get_projection_matrix, get_ray_directions, get_rays
 from lift3d.data.image_io import resize_rgba
 from lift3d.data.random_camera import resolve_seed, train_dataloader
+from lift3d.data.seeded_stream import SeededBatchStream
 from lift3d.errors import ConfigError
 from lift3d.registry import register
-from lift3d.utils.base import Updateable
 
 COMPONENT = "data module 'multiview-images-datamodule'"
 _INTRINSIC_KEYS = ("w", "h", "fl_x", "fl_y", "cx", "cy", "camera_angle_x")
@@ -223,7 +223,7 @@ def evenly_spaced(n_views: int, n: int) -> List[int]:
     return sorted({int(round(i * n_views / n)) % n_views for i in range(n)})
 
 
-class MultiviewRayDataset(IterableDataset, Updateable):
+class MultiviewRayDataset(SeededBatchStream):
     """Endless stream of random-ray batches over the training views (module docstring)."""
 
     def __init__(self, views: Dict[str, Any], view_ids: List[int], num_rays: int, seed: int) -> None:
@@ -247,16 +247,6 @@ class MultiviewRayDataset(IterableDataset, Updateable):
             "height": 1, "width": 1,
         }
 
-    def __iter__(self) -> Iterator[Dict[str, Any]]:
-        while True:
-            yield self.sample()
-
-    def state_dict(self) -> Dict[str, Any]:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        if "generator" in state:
-            self.generator.set_state(state["generator"])
 
 
 class MultiviewEvalDataset(Dataset):

@@ -37,7 +37,7 @@ import bisect
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pytorch_lightning as pl
 import torch
@@ -56,9 +56,9 @@ from lift3d.data.cameras import (
     look_at_c2w,
     spherical_to_cartesian,
 )
+from lift3d.data.seeded_stream import SeededBatchStream
 from lift3d.errors import ConfigError
 from lift3d.registry import register
-from lift3d.utils.base import Updateable
 
 LIGHT_SAMPLE_STRATEGIES = ("dreamfusion", "magic3d")
 # keys of every camera batch (eval batches add "index")
@@ -287,7 +287,7 @@ def camera_batch(
 
 
 # ---------------------------------------------------------------- training: endless random cameras
-class RandomCameraIterableDataset(IterableDataset, Updateable):
+class RandomCameraIterableDataset(SeededBatchStream):
     """Endless stream of random-camera batches; `sample()` makes one batch.
 
     Other data modules reuse it (e.g. `single-image-datamodule` for `batch["random_camera"]`).
@@ -398,17 +398,6 @@ class RandomCameraIterableDataset(IterableDataset, Updateable):
             rays_d_normalize=self.cfg.rays_d_normalize,
         )
 
-    def __iter__(self) -> Iterator[Dict[str, Any]]:
-        while True:
-            yield self.sample()
-
-    # -- checkpointing of the sampling sequence
-    def state_dict(self) -> Dict[str, Any]:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        if "generator" in state:
-            self.generator.set_state(state["generator"])
 
 
 # ---------------------------------------------------------------- evaluation: turntables
