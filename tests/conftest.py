@@ -1,3 +1,4 @@
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -44,12 +45,25 @@ def tiny_zero123_path(tmp_path_factory) -> Path:
     return make_tiny_zero123(tmp_path_factory.mktemp("tiny-models") / "tiny-zero123", seed=0)
 
 
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def one_torch_thread():
     """Tiny models run fastest on one thread (two threads on a busy 2-core machine spin-wait)."""
-    import torch
+    with _torch_threads(1):
+        yield
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+
+@pytest.fixture(scope="module")
+def one_torch_thread_per_module():
+    """one_torch_thread for every test of a module: `pytestmark = pytest.mark.usefixtures(...)`."""
+    with _torch_threads(1):
+        yield

@@ -13,12 +13,7 @@ from lift3d.prompt.directions import direction_indices, make_directions, shift_a
 from lift3d.prompt.stable_diffusion import StableDiffusionPromptProcessor, resolve_prompt
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")  # tiny models: one thread
 
 
 def processor(path, cache_dir, **cfg):

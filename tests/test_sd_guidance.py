@@ -11,12 +11,7 @@ from lift3d.guidance import sds
 from lift3d.models.loading import ModelNotFoundError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")  # tiny models: one thread
 
 
 @pytest.fixture(scope="module")

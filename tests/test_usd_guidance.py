@@ -30,12 +30,7 @@ BATCH = {"elevation": torch.tensor([15.0, 40.0]), "azimuth": torch.tensor([45.0,
          "camera_distances": torch.tensor([1.5, 1.5])}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")  # tiny models: one thread
 
 
 @pytest.fixture(scope="module")

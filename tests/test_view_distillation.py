@@ -32,12 +32,7 @@ IMAGE = str(REPO / "load/images/blocks_rgba.png")
 REF = (15.0, 45.0, 1.5)  # the camera load/images/blocks_rgba.png was rendered from
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")  # tiny models: one thread
 
 
 def sd_model(path, guidance_scale=7.5):

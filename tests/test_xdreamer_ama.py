@@ -30,12 +30,7 @@ TINY_GRID = {"otype": "HashGrid", "n_levels": 4, "n_features_per_level": 2, "log
              "base_resolution": 4, "per_level_scale": 2.0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")  # tiny models: one thread
 
 
 def view(elevation, azimuth, distance=2.0, fovy=40.0, size=64):

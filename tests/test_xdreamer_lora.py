@@ -28,12 +28,7 @@ from custom.xdreamer.camera_encoder import camera_inputs  # noqa: E402
 from custom.xdreamer.cg_lora import CGLoRA  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")  # tiny models: one thread
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,7 @@ BATCH = {"elevation": torch.tensor([15.0, 40.0, -5.0]), "azimuth": torch.tensor(
          "camera_distances": torch.tensor([3.8, 3.0, 4.5])}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")  # tiny models: one thread
 
 
 def make(path, name="zero123-guidance", **cfg):
