@@ -13,10 +13,9 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from lift3d.guidance.ddim import NUM_TRAIN_TIMESTEPS, ddim_sample, ddim_timesteps, seeded_noise
 from lift3d.guidance.stable_diffusion import StableDiffusionGuidance
 from lift3d.utils.saving import save_image
-
-from lift3d.guidance.ddim import NUM_TRAIN_TIMESTEPS, ddim_sample, ddim_timesteps, seeded_noise
 
 
 @torch.no_grad()

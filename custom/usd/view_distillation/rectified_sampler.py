@@ -21,10 +21,10 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
+from lift3d.guidance.ddim import NUM_TRAIN_TIMESTEPS, ddim_sample, ddim_timesteps, seeded_noise
 from lift3d.guidance.sds import classifier_free_guidance
 
 from ..image_guidance import USDImageGuidance
-from lift3d.guidance.ddim import NUM_TRAIN_TIMESTEPS, ddim_sample, ddim_timesteps, seeded_noise
 
 
 class RectifiedZero123Sampler:

@@ -25,11 +25,11 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from lift3d.guidance.ddim import ddim_sample, ddim_timesteps, seeded_noise
 from lift3d.guidance.sds import add_noise
 from lift3d.guidance.stable_diffusion import StableDiffusionGuidance
 from lift3d.utils.saving import save_image
 
-from lift3d.guidance.ddim import ddim_sample, ddim_timesteps, seeded_noise
 from .sd_models import load_rgb_on_white, resize_hw
 
 
