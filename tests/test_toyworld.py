@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lift3d.toyworld import dataset as toy_dataset
-from lift3d.toyworld.render import render_shape
+from lift3d.toyworld.render import render_shape_rgba
 from lift3d.toyworld.scoring import score_views
 from lift3d.toyworld.shapes import COLOURS, SHAPES, parse_caption, shape_mesh
 
@@ -56,10 +56,8 @@ def _views(shape: str, colour: str, n: int = 8, size: int = 48):
     ele = torch.full((n,), 20.0)
     azi = torch.linspace(-180, 180, n + 1)[:-1]
     dist, fovy = torch.full((n,), 2.0), torch.full((n,), 40.0)
-    rgb, mask = render_shape(shape, colour, ele, azi, dist, fovy, size, background=0.0)
-    straight = torch.where(mask > 1e-4, rgb / mask.clamp(min=1e-4), torch.zeros_like(rgb))
     cams = {"elevation": ele, "azimuth": azi, "distance": dist, "fovy_deg": fovy}
-    return torch.cat([straight, mask], -1), cams
+    return render_shape_rgba(shape, colour, ele, azi, dist, fovy, size), cams
 
 
 def test_scoring_against_the_true_shape():

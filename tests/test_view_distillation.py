@@ -211,8 +211,6 @@ def usd_run(tmp_path_factory, tiny_zero123_path, tiny_sd_path):
 
 
 def test_pipeline_end_to_end_and_resumable(usd_run):
-    if not (REPO / "configs/neus-multiview.yaml").is_file():
-        pytest.skip("configs/neus-multiview.yaml is not there yet")
     out = usd_run / "view-distillation"
     proc = run_command([f"run={usd_run}", *TINY_PIPELINE])
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -44,7 +44,7 @@ from lift3d.guidance.sds import (
     resize_nchw,
     sds_weight,
 )
-from lift3d.guidance.stable_diffusion import StableDiffusionGuidance
+from lift3d.guidance.stable_diffusion import StableDiffusionGuidance, require_text_embeddings
 from lift3d.registry import register
 
 from .ama_loss import ama_loss
@@ -253,11 +253,7 @@ class XDreamerGuidance(StableDiffusionGuidance):
         noise: Optional[Tensor] = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
-        if prompt_utils is None or not hasattr(prompt_utils, "get_text_embeddings"):
-            raise ConfigError(
-                "xdreamer-guidance needs text embeddings: set system.prompt_processor_type="
-                "stable-diffusion-prompt-processor and system.prompt_processor.prompt."
-            )
+        require_text_embeddings(prompt_utils, "xdreamer-guidance")
         coarse = self.in_coarse_phase()
         if coarse:
             if render_out is None or "comp_normal" not in render_out:

@@ -44,6 +44,15 @@ from lift3d.registry import register
 KEY = "system.guidance.pretrained_model_name_or_path"
 
 
+def require_text_embeddings(prompt_utils: Any, guidance_name: str) -> None:
+    """ConfigError unless `prompt_utils` gives text embeddings (stable-diffusion-prompt-processor's output)."""
+    if prompt_utils is None or not hasattr(prompt_utils, "get_text_embeddings"):
+        raise ConfigError(
+            f"{guidance_name} needs text embeddings: set system.prompt_processor_type="
+            "stable-diffusion-prompt-processor and system.prompt_processor.prompt."
+        )
+
+
 @register("stable-diffusion-guidance")
 class StableDiffusionGuidance(ScoreDistillationGuidance):
     @dataclass
@@ -160,11 +169,7 @@ class StableDiffusionGuidance(ScoreDistillationGuidance):
         noise: Optional[Tensor] = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
-        if prompt_utils is None or not hasattr(prompt_utils, "get_text_embeddings"):
-            raise ConfigError(
-                "stable-diffusion-guidance needs text embeddings: set system.prompt_processor_type="
-                "stable-diffusion-prompt-processor and system.prompt_processor.prompt."
-            )
+        require_text_embeddings(prompt_utils, "stable-diffusion-guidance")
         as_latents = self.cfg.rgb_as_latents if rgb_as_latents is None else rgb_as_latents
         latents = self.get_latents(image, as_latents)  # [B,4,h,w]
         text = prompt_utils.get_text_embeddings(
@@ -173,4 +178,4 @@ class StableDiffusionGuidance(ScoreDistillationGuidance):
         return self.sds_from_latents(latents, text, t=t, noise=noise, render=None if as_latents else image)
 
 
-__all__ = ["StableDiffusionGuidance"]
+__all__ = ["StableDiffusionGuidance", "require_text_embeddings"]

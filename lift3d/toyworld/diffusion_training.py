@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import math
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -90,7 +91,7 @@ def train_loop(
         if step < warmup:
             return lr * (step + 1) / warmup
         p = (step - warmup) / max(1, steps - warmup)
-        return lr * (0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(p * torch.pi)).item()))
+        return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(p * math.pi)))
 
     losses, start = [], time.perf_counter()
     writer = None

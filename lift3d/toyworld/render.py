@@ -47,3 +47,12 @@ def render_shape(
     rgb = F.avg_pool2d(rgb.permute(0, 3, 1, 2), supersample).permute(0, 2, 3, 1)
     mask = F.avg_pool2d(covered.permute(0, 3, 1, 2), supersample).permute(0, 2, 3, 1)
     return rgb.contiguous(), mask.contiguous()
+
+
+def render_shape_rgba(shape: str, colour: str, elevation: torch.Tensor, azimuth: torch.Tensor, distance: torch.Tensor,
+                      fovy_deg: torch.Tensor, size: int, supersample: int = 2) -> torch.Tensor:
+    """Straight-alpha RGBA [B,size,size,4] (colour un-premultiplied at the antialiased edges, 0 where
+    nothing is covered), the format of reference images and RGBA datasets."""
+    rgb, mask = render_shape(shape, colour, elevation, azimuth, distance, fovy_deg, size, supersample, background=0.0)
+    straight = torch.where(mask > 1e-4, rgb / mask.clamp(min=1e-4), torch.zeros_like(rgb)).clamp(0, 1)
+    return torch.cat([straight, mask], -1)

@@ -2,9 +2,8 @@
 the object's colour.
 
 Input: the RGBA turntable a test pass writes with `system.save_rgba_dataset=true`
-(`<trial>/save/it{N}-test-rgba/transforms.json` + straight-alpha PNGs, lift3d/utils/rgba_dataset.py),
-whose frames carry each camera's elevation, azimuth, distance and fovy. The true shape is rendered
-at the same cameras (render.py), so the two line up pixel for pixel.
+(`<trial>/save/it{N}-test-rgba/transforms.json` + straight-alpha PNGs, lift3d/utils/rgba_dataset.py).
+The true shape is rendered at the same cameras (render.py), so the two line up pixel for pixel.
 
 - IoU: mask IoU of alpha > 0.5 against the true coverage > 0.5, averaged over the views.
 - Colour: mean straight colour of the predicted silhouette; it is "right" when the nearest of the
@@ -14,8 +13,6 @@ at the same cameras (render.py), so the two line up pixel for pixel.
 """
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +21,7 @@ import torch
 from lift3d.toyworld.render import render_shape
 from lift3d.toyworld.shapes import COLOURS
 from lift3d.utils.metrics import mask_iou
+from lift3d.utils.rgba_dataset import test_pass_datasets
 
 
 @dataclass
@@ -39,30 +37,32 @@ class ToyScore:
 
 def find_test_dataset(trial: str | Path) -> Path:
     """The newest `save/it*-test-rgba` folder of a trial; FileNotFoundError naming the fix if none."""
-    folders = sorted(Path(trial).glob("save/it*-test-rgba/transforms.json"), key=lambda p: p.stat().st_mtime)
+    folders = test_pass_datasets(Path(trial))
     if not folders:
         raise FileNotFoundError(
             f"no save/it*-test-rgba/transforms.json under {trial}: run the test pass with system.save_rgba_dataset=true"
         )
-    return folders[-1].parent
+    return folders[-1]
 
 
 def read_rgba_dataset(folder: Path) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """(images [N,H,W,4] in [0,1], cameras {elevation, azimuth, distance, fovy_deg: [N]}); intrinsics
-    per frame or shared at the top level, as RGBADatasetWriter writes them."""
-    import numpy as np
-    from PIL import Image
+    """(images [N,H,W,4] in [0,1], cameras {elevation, azimuth, distance, fovy_deg: [N]}) of a
+    transforms.json dataset, read by multiview-images-datamodule's reader; the cameras are the
+    look-at-origin angles of each c2w position and the vertical fov of its focal length."""
+    from types import SimpleNamespace
 
-    meta = json.loads((folder / "transforms.json").read_text())
-    frames = meta["frames"]
-    images = torch.stack([torch.from_numpy(np.array(Image.open(folder / f["file_path"]).convert("RGBA"))).float() / 255.0 for f in frames])
+    from lift3d.data.multiview_images import load_views, read_transforms
+
+    views = load_views(read_transforms(str(folder), key="dataset"), SimpleNamespace(img_wh=None, downscale=1.0))
+    position = views["c2w"][:, :3, 3]  # [N,3]
+    distance = position.norm(dim=-1)
     cams = {
-        "elevation": torch.tensor([f["elevation_deg"] for f in frames]),
-        "azimuth": torch.tensor([f["azimuth_deg"] for f in frames]),
-        "distance": torch.tensor([f["camera_distance"] for f in frames]),
-        "fovy_deg": torch.tensor([math.degrees(f.get("camera_angle_y", meta.get("camera_angle_y"))) for f in frames]),
+        "elevation": torch.rad2deg(torch.asin(position[:, 2] / distance)),
+        "azimuth": torch.rad2deg(torch.atan2(position[:, 1], position[:, 0])),
+        "distance": distance,
+        "fovy_deg": torch.rad2deg(2.0 * torch.atan(0.5 * views["height"] / views["focal"][:, 1])),
     }
-    return images, cams
+    return torch.cat([views["rgb"], views["mask"]], -1), cams
 
 
 def _mean_colour(rgb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

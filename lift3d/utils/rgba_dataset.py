@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -49,3 +50,13 @@ class RGBADatasetWriter:
         path = self.folder / "transforms.json"
         path.write_text(json.dumps({"camera_model": "OPENCV", **top, "frames": frames}, indent=1))
         return path
+
+
+def test_pass_datasets(trial: Path) -> list[Path]:
+    """The `save/it{N}-test-rgba` folders of a trial that hold a transforms.json, by step N (newest last)."""
+    found = []
+    for folder in (Path(trial) / "save").glob("it*-test-rgba"):
+        match = re.fullmatch(r"it(\d+)-test-rgba", folder.name)
+        if match and (folder / "transforms.json").is_file():
+            found.append((int(match.group(1)), folder))
+    return [folder for _, folder in sorted(found)]

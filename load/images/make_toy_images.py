@@ -20,7 +20,7 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from lift3d.toyworld.render import render_shape  # noqa: E402
+from lift3d.toyworld.render import render_shape_rgba  # noqa: E402
 
 # (file, shape, colour, elevation, azimuth, distance, fovy, size)
 IMAGES = [("toy_yellow_cone_rgba.png", "cone", "yellow", 15.0, 0.0, 2.0, 40.0, 128)]
@@ -29,10 +29,8 @@ IMAGES = [("toy_yellow_cone_rgba.png", "cone", "yellow", 15.0, 0.0, 2.0, 40.0, 1
 def main() -> None:
     for name, shape, colour, elevation, azimuth, distance, fovy, size in IMAGES:
         one = lambda x: torch.tensor([float(x)])  # noqa: E731
-        rgb, mask = render_shape(shape, colour, one(elevation), one(azimuth), one(distance), one(fovy), size,
-                                 supersample=4, background=0.0)
-        straight = torch.where(mask > 1e-4, rgb / mask.clamp(min=1e-4), torch.zeros_like(rgb)).clamp(0, 1)
-        rgba = torch.cat([straight, mask], -1)[0]
+        rgba = render_shape_rgba(shape, colour, one(elevation), one(azimuth), one(distance), one(fovy), size,
+                                 supersample=4)[0]
         out = os.path.join(HERE, name)
         Image.fromarray((rgba * 255).round().byte().numpy(), mode="RGBA").save(out, optimize=True)
         print(f"wrote {out}")

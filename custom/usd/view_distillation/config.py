@@ -12,7 +12,6 @@ models and the NeuS config — every problem a clear error before the first step
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -24,6 +23,7 @@ from lift3d.data.image_io import read_rgba
 from lift3d.errors import ConfigError
 from lift3d.guidance.diffusion_loading import SD_GUIDANCE_FILES, SD_TEXT_FILES, ZERO123_FILES, resolve_model
 from lift3d.utils.paths import REPO_ROOT
+from lift3d.utils.rgba_dataset import test_pass_datasets
 
 DEFAULT_SD = "stabilityai/stable-diffusion-2-1-base"
 DEFAULT_ZERO123 = "bennyguo/zero123-xl-diffusers"
@@ -190,16 +190,6 @@ class Inputs:
     neus_config: Optional[Path]
 
 
-def _test_pass_datasets(run: Path) -> list[Path]:
-    """<run>/save/it{N}-test-rgba folders holding transforms.json, newest step last."""
-    found = []
-    for folder in (run / "save").glob("it*-test-rgba"):
-        match = re.fullmatch(r"it(\d+)-test-rgba", folder.name)
-        if match and (folder / "transforms.json").is_file():
-            found.append((int(match.group(1)), folder))
-    return [f for _, f in sorted(found)]
-
-
 def find_dataset(run: Path, dataset: Optional[str]) -> Path:
     if dataset:
         folder = Path(dataset)
@@ -207,7 +197,7 @@ def find_dataset(run: Path, dataset: Optional[str]) -> Path:
             raise ConfigError(f"dataset={dataset}: no transforms.json there. Give a folder written by a USD test "
                               f"pass (<run>/save/it<N>-test-rgba) or dataset=null to find it in the run.")
         return folder
-    found = _test_pass_datasets(run)
+    found = test_pass_datasets(run)
     if not found:
         raise ConfigError(
             f"run={run}: no test-pass dataset (save/it<N>-test-rgba/transforms.json) in the run directory. "
