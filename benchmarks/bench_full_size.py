@@ -12,7 +12,7 @@ benchmarks/bench_guidance.py (no download; compute does not depend on weight val
 the diffusers layout and loaded by the same guidance / prompt-processor classes and
 ``from_pretrained`` calls as training. ``--tiny`` uses lift3d.models.tiny_factory instead.
 
-Stages (USD's pipeline, shared/methods/usd.md §2-3). A stage runs USD's config (custom/usd/configs/
+Stages (USD's pipeline, docs/methods/usd.md §2-3). A stage runs USD's config (custom/usd/configs/
 or configs/) when it exists and its guidance is registered (plugins are loaded as launch.py does),
 from scratch (no geometry_convert_from; a DMTet stage starts from a sphere); otherwise the closest
 existing config stands in (marked "stand-in") with the same renderer, resolution and model shapes:

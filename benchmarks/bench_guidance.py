@@ -8,7 +8,7 @@
 Tiny models come from lift3d.models.tiny_factory. `--full-size` builds Stable Diffusion 2.1-base
 (UNet, VAE, OpenCLIP ViT-H text tower) and Zero-1-to-3 XL (8-channel SD 1.x UNet, VAE, CLIP
 ViT-L/14 image tower, camera projection) from their published config values with random weights
-(no download; compute does not depend on weight values, DESIGN.md "Models and weights"), writes
+(no download; compute does not depend on weight values, docs/DESIGN.md "Models and weights"), writes
 them in the diffusers folder layout (fp16 on GPU) and loads them through the same guidance classes
 and `from_pretrained` calls as training. Each guidance is timed on renders of the size training
 feeds it (SD: 512² -> 64² latents; Zero-1-to-3: 256² -> 32² latents; tiny: 64² -> 8²).

@@ -6,7 +6,7 @@
 
 A step is `usd-image-guidance` on a batch of B random-view renders (forward + backward into the
 renders; rendering itself is not timed), with or without the reference-view delta term (B_r
-reference renders). Two call patterns (shared/methods/usd.md §1):
+reference renders). Two call patterns (docs/methods/usd.md §1):
   lift3d    only the predictions that are used: Zero-1-to-3 conditional (one UNet call, batch B) and
             SD unconditional on the same z_t (one call, batch B), the reference term's two SD
             unconditional predictions batched into that SD call when the latent sizes agree

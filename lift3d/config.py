@@ -1,6 +1,6 @@
 """Experiment configs: YAML + dot-list overrides → a validated OmegaConf config.
 
-The whole experiment is validated by `validate_experiment` before any work starts (DESIGN.md,
+The whole experiment is validated by `validate_experiment` before any work starts (docs/DESIGN.md,
 "Core contracts"): every registered name is resolved and every component's section is checked
 against that component's `Config` dataclass, so an unknown key or a wrong type is reported with
 its full dotted path, the component, and the valid keys.

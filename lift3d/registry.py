@@ -1,4 +1,4 @@
-"""Name → class registry (DESIGN.md, "Core contracts").
+"""Name → class registry (docs/DESIGN.md, "Core contracts").
 
 `@register("name")` records a class; `find("name")` returns it. Built-in modules are imported on
 the first lookup so that `import lift3d` stays light; plugins register when `lift3d.plugins`

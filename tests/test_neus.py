@@ -1,4 +1,4 @@
-"""NeuS multi-view reconstruction (shared/methods/usd.md §4 step 5): `neus-volume-renderer`,
+"""NeuS multi-view reconstruction (docs/methods/usd.md §4 step 5): `neus-volume-renderer`,
 `multiview-images-datamodule`, `multiview-reconstruction-system`, configs/neus-multiview.yaml.
 
 The acceptance test renders the shipped capsule with the true mesh at 32 cameras, writes the views

@@ -1,4 +1,4 @@
-"""Triton fast path vs the PyTorch reference kernels (DESIGN.md "a reference and a fast path").
+"""Triton fast path vs the PyTorch reference kernels (docs/DESIGN.md "a reference and a fast path").
 
 Where a CUDA GPU is available (and TRITON_INTERPRET is not set) the kernels are compiled and run
 on it; otherwise they run on the CPU through Triton's interpreter (``TRITON_INTERPRET=1``, plus

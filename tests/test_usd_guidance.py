@@ -1,4 +1,4 @@
-"""USD guidances (custom/usd, shared/methods/usd.md §1-2) on tiny random Zero-1-to-3 / SD models.
+"""USD guidances (custom/usd, docs/methods/usd.md §1-2) on tiny random Zero-1-to-3 / SD models.
 
 What is checked, against predictions computed directly with the models' raw modules (UNets,
 CLIP text encoder, camera projection) and the DDPM schedule, for fixed t and noise:

@@ -1,4 +1,4 @@
-"""USD view distillation (custom/usd/view_distillation, shared/methods/usd.md §4) on tiny random models.
+"""USD view distillation (custom/usd/view_distillation, docs/methods/usd.md §4) on tiny random models.
 
 - the rectified Zero-1-to-3 prediction equals w (eps_zero123 - eps_sd("")) + eps_sd("") computed
   by calling the two UNets directly; sampling is deterministic and batch-independent;

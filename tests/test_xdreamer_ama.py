@@ -1,4 +1,4 @@
-"""X-Dreamer's attention-mask alignment (custom/xdreamer, shared/methods/xdreamer.md §2).
+"""X-Dreamer's attention-mask alignment (custom/xdreamer, docs/methods/xdreamer.md §2).
 
 - The recorded maps are the conditional branch's softmax probabilities at each sample's EOS
   column, averaged over heads, one per UNet block: checked against a direct computation from the

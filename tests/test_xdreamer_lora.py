@@ -1,4 +1,4 @@
-"""X-Dreamer's CG-LoRA (custom/xdreamer, shared/methods/xdreamer.md §1) on the tiny SD 2.1-base-shaped model.
+"""X-Dreamer's CG-LoRA (custom/xdreamer, docs/methods/xdreamer.md §1) on the tiny SD 2.1-base-shaped model.
 
 - With B = 0 the adapted UNet's output equals the plain UNet's exactly (same processor maths).
 - After an optimizer step on the AMA loss it differs, and gradients reach B, both generators

@@ -1,4 +1,4 @@
-"""USD plugin (shared/methods/usd.md): unbiased score distillation for image-to-3D (Zero-1-to-3
+"""USD plugin (docs/methods/usd.md): unbiased score distillation for image-to-3D (Zero-1-to-3
 against Stable Diffusion's unconditional prediction, plus a reference-view delta term) and for
 three-stage text-to-3D. Registers:
 

@@ -1,4 +1,4 @@
-"""`usd-image-datamodule`: `single-image-datamodule` plus USD's test turntable (shared/methods/usd.md §2).
+"""`usd-image-datamodule`: `single-image-datamodule` plus USD's test turntable (docs/methods/usd.md §2).
 
 Everything of `single-image-datamodule` is unchanged — it already takes the reference camera
 (`default_elevation_deg`, `default_azimuth_deg`, `default_camera_distance`, `default_fovy_deg`)

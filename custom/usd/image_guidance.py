@@ -1,4 +1,4 @@
-"""`usd-image-guidance`: USD for image-to-3D, Zero-1-to-3 against Stable Diffusion (shared/methods/usd.md §1, §2).
+"""`usd-image-guidance`: USD for image-to-3D, Zero-1-to-3 against Stable Diffusion (docs/methods/usd.md §1, §2).
 
 Novel (random) view, per sample b of the batch:
   1. the render is resized to `resolution`² (null: Zero-1-to-3's native 256²) and encoded with

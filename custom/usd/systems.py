@@ -1,7 +1,7 @@
-"""USD's system names: `lift3d-system` with USD's defaults (DESIGN.md: systems that differ by one
+"""USD's system names: `lift3d-system` with USD's defaults (docs/DESIGN.md: systems that differ by one
 term are one system with a switch; nothing else differs).
 
-- `usd-system`: image-to-3D (shared/methods/usd.md §2). implicit-volume, no-material, white
+- `usd-system`: image-to-3D (docs/methods/usd.md §2). implicit-volume, no-material, white
   solid-color background, patch-renderer, `usd-image-guidance`; with `usd-image-datamodule` (or
   `single-image-datamodule`) the guidance also gets the reference view (its delta term,
   `loss_usd_ref`, through lift3d-system's reference-view hook), rgb/mask losses are available

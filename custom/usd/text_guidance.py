@@ -1,4 +1,4 @@
-"""`usd-text-guidance`: USD for text-to-3D (shared/methods/usd.md §1, §3).
+"""`usd-text-guidance`: USD for text-to-3D (docs/methods/usd.md §1, §3).
 
 Both predictions come from Stable Diffusion in one UNet call on [z_t; z_t] with [text; negative
 prompt] (the text of each camera's view direction, from `stable-diffusion-prompt-processor`):

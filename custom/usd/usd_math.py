@@ -1,4 +1,4 @@
-"""The unbiased score of USD (shared/methods/usd.md §1) on top of lift3d's SDS math.
+"""The unbiased score of USD (docs/methods/usd.md §1) on top of lift3d's SDS math.
 
 SDS with classifier-free guidance splits into a guidance term and an unconditional-minus-noise term:
 

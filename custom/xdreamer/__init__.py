@@ -1,4 +1,4 @@
-"""X-Dreamer plugin (shared/methods/xdreamer.md): camera-guided LoRA (CG-LoRA) and the
+"""X-Dreamer plugin (docs/methods/xdreamer.md): camera-guided LoRA (CG-LoRA) and the
 attention-mask alignment (AMA) loss on top of Stable Diffusion score distillation, with a DMTet
 geometry stage and a PBR appearance stage.
 

@@ -1,4 +1,4 @@
-"""Attention-mask alignment (AMA) loss (shared/methods/xdreamer.md §2).
+"""Attention-mask alignment (AMA) loss (docs/methods/xdreamer.md §2).
 
     L_AMA = (1 / K) Σ_k mean | norm(M_k) − resize(mask, size(M_k)) |
 

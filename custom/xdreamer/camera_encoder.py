@@ -1,5 +1,5 @@
 """X-Dreamer's camera encoder: camera parameters -> the feature f that generates CG-LoRA's camera half
-of A (shared/methods/xdreamer.md §1).
+of A (docs/methods/xdreamer.md §1).
 
     f = CameraEncoder(c) = ReLU(W2 ReLU(W1 c + b1) + b2),   c in R^6, f in R^{feature_dim}
 

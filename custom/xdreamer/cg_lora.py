@@ -1,4 +1,4 @@
-"""CG-LoRA: camera-guided low-rank adaptation of the UNet's cross-attention (shared/methods/xdreamer.md §1).
+"""CG-LoRA: camera-guided low-rank adaptation of the UNet's cross-attention (docs/methods/xdreamer.md §1).
 
 For a frozen linear W0: R^d_in -> R^d_out (a cross-attention to_q / to_k / to_v / to_out):
 

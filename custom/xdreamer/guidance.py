@@ -1,5 +1,5 @@
 """`xdreamer-guidance`: Stable Diffusion score distillation with CG-LoRA and the AMA loss
-(X-Dreamer, shared/methods/xdreamer.md; Ma et al., arXiv 2312.00085).
+(X-Dreamer, docs/methods/xdreamer.md; Ma et al., arXiv 2312.00085).
 
 It is `stable-diffusion-guidance` (model loading, VAE encoding, text embeddings, the shared SDS
 step of lift3d.guidance.sds) with:

@@ -1,4 +1,4 @@
-"""Relative-camera embeddings that condition Zero-1-to-3 and Stable Zero123 (shared/methods/usd.md §2).
+"""Relative-camera embeddings that condition Zero-1-to-3 and Stable Zero123 (docs/methods/usd.md §2).
 
 Zero-1-to-3 describes the target view relative to the reference view in spherical coordinates:
 

@@ -1,4 +1,4 @@
-"""Zero-1-to-3 as a diffusers pipeline (shared/methods/usd.md §2).
+"""Zero-1-to-3 as a diffusers pipeline (docs/methods/usd.md §2).
 
 Folder layout (as the published zero123-xl diffusers folders, e.g. bennyguo/zero123-xl-diffusers):
 

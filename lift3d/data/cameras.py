@@ -1,6 +1,6 @@
 """Camera maths shared by the data modules, renderers and rasterizers (pure functions, batched).
 
-Conventions (shared/methods/threestudio-conventions.md, "Cameras and batches"):
+Conventions (docs/methods/threestudio-conventions.md, "Cameras and batches"):
 
 * World: z-up, right-handed. A camera at elevation ``e``, azimuth ``a`` (degrees) and distance
   ``r`` sits at ``r * (cos e cos a, cos e sin a, sin e)``: azimuth 0 is the +x axis, azimuth 90

@@ -1,5 +1,5 @@
 """`multiview-images-datamodule`: posed RGBA images of one object (a NeuS / NeRF reconstruction
-dataset, shared/methods/usd.md §4).
+dataset, docs/methods/usd.md §4).
 
 `<data.dataroot>/transforms.json` in the instant-ngp / nerfstudio format, as
 `lift3d.utils.rgba_dataset.RGBADatasetWriter` writes it:

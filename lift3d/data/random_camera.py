@@ -3,7 +3,7 @@
 Training data is one endless epoch: `RandomCameraIterableDataset` yields ready-made batches
 (sampled when the iterator is advanced) until `trainer.max_steps` ends training. Validation and
 test are fixed turntables (`RandomCameraEvalDataset`). Conventions and batch keys:
-shared/methods/threestudio-conventions.md, "Cameras and batches"; camera maths: `cameras.py`.
+docs/methods/threestudio-conventions.md, "Cameras and batches"; camera maths: `cameras.py`.
 
 Sampling of one training batch (B cameras):
 * elevation: per batch, with probability 1/2 uniform in angle over `elevation_range`, otherwise

@@ -11,7 +11,7 @@ Validation / test / predict: the turntables of `random-camera-datamodule`, confi
 
 Reference camera defaults (elevation 0°, azimuth 0° = the +x axis, distance 1.2, fovy 60°) are
 generic, threestudio's dataclass defaults except its azimuth -180. Methods set their own: USD
-uses distance 1.5 and fovy 39.6° (shared/methods/usd.md §2); threestudio's Zero-1-to-3 configs
+uses distance 1.5 and fovy 39.6° (docs/methods/usd.md §2); threestudio's Zero-1-to-3 configs
 use distance 3.8 and fovy 20°. Keep `random_camera.camera_distance_range`/`fovy_range` and the
 `eval_*` values consistent with the reference camera (e.g. `${data.default_camera_distance}`).
 

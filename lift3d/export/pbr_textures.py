@@ -1,5 +1,5 @@
 """`pbr-mesh-exporter`: `mesh-exporter` plus the PBR textures of `pbr-material`
-(threestudio / nvdiffrec layout; X-Dreamer's export, shared/methods/xdreamer.md §4).
+(threestudio / nvdiffrec layout; X-Dreamer's export, docs/methods/xdreamer.md §4).
 
 For `fmt: obj-mtl` it writes, beside `model.obj` (UV atlas by xatlas):
 - `texture_kd.png`  albedo (sRGB), `map_Kd`;

@@ -5,7 +5,7 @@ Contract (threestudio-compatible):
   "normal": [N,3] (if asked)}`; points are world coordinates inside the bbox [-radius, radius]^3.
 - `isosurface() -> lift3d.mesh.Mesh` extracts the surface (for export and stage chaining).
 - `create_from(other, cfg, ...)` builds this geometry from a previous stage's geometry
-  (DESIGN.md "Stage chaining"); the default refuses with a clear error.
+  (docs/DESIGN.md "Stage chaining"); the default refuses with a clear error.
 - `export(points [N,3]) -> {"features": ...}` gives what an exporter needs to colour a mesh.
 """
 from __future__ import annotations

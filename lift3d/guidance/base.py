@@ -1,4 +1,4 @@
-"""Guidance base: turns renders into named losses (DESIGN.md "Core contracts").
+"""Guidance base: turns renders into named losses (docs/DESIGN.md "Core contracts").
 
 `__call__(image [B,H,W,C], batch, prompt_utils=None, render_out=None) -> dict` with entries
 `loss_<name>` (scalars the system weights by `system.loss.lambda_<name>`) and optional extra

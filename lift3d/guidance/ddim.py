@@ -1,4 +1,4 @@
-"""Deterministic DDIM sampling from any timestep (shared/methods/usd.md §4.3, §4.4).
+"""Deterministic DDIM sampling from any timestep (docs/methods/usd.md §4.3, §4.4).
 
 One loop serves every sampler: USD view distillation's Zero-1-to-3 novel views (from pure noise,
 t = 999), Stable Diffusion class images (t = 999) and SDEdit refinement (from t ≈ 200), and the

@@ -1,4 +1,4 @@
-"""Loading frozen diffusion models for guidances and prompt processors (DESIGN.md "Models and weights").
+"""Loading frozen diffusion models for guidances and prompt processors (docs/DESIGN.md "Models and weights").
 
 - `resolve_model`: `lift3d.models.loading.resolve_pretrained` whose failure is a
   `DiffusionModelNotFoundError` — both a `ModelNotFoundError` and a `ConfigError` (a

@@ -1,4 +1,4 @@
-"""`reference-mesh-guidance`: losses toward the true render of a known mesh (DESIGN.md "Testing").
+"""`reference-mesh-guidance`: losses toward the true render of a known mesh (docs/DESIGN.md "Testing").
 
 Knowing the mesh, the true image and mask at any camera are rendered with lift3d's rasterizer,
 so the whole pipeline (cameras → geometry → renderer → loss → optimizer → stage chaining → export)

@@ -6,7 +6,7 @@ DreamFusion's SDS gradient on the latents z of a render, for a sampled timestep 
     eps_cfg = eps_uncond + s * (eps_cond - eps_uncond)                           (classifier-free guidance)
     grad  = w(t) * (eps_cfg - eps)                                               (no backprop through the UNet)
 
-with the weighting w(t) of `weighting_strategy` (shared/methods/usd.md §1):
+with the weighting w(t) of `weighting_strategy` (docs/methods/usd.md §1):
     sds         w = 1 - alphabar_t
     uniform     w = 1
     fantasia3d  w = alphabar_t ** 0.5 * (1 - alphabar_t)

@@ -1,7 +1,7 @@
 """`zero123-guidance` / `stable-zero123-guidance`: score distillation with Zero-1-to-3 (image-to-3D).
 
 Zero-1-to-3 predicts the noise of a novel view of a reference image at a relative camera
-(shared/methods/usd.md §2, extern/zero123):
+(docs/methods/usd.md §2, extern/zero123):
   - UNet input  = concat(z_t, reference latent)   (8 channels; reference latent = VAE mode, unscaled)
   - context     = Linear(concat(CLIP image embedding of the reference, T))       [B,1,D]
   - T           = [Δpolar, sin Δazimuth, cos Δazimuth, Δradius]   (zero123-guidance)

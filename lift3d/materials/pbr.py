@@ -1,7 +1,7 @@
 """`pbr-material`: physically based shading with albedo, roughness, metallic and a tangent-space bump
 normal under a fixed HDR environment, by split-sum image-based lighting in PyTorch
 (`lift3d.materials.split_sum`; threestudio's PBRMaterial, Fantasia3D / X-Dreamer's appearance stage,
-shared/methods/xdreamer.md §4).
+docs/methods/xdreamer.md §4).
 
 Features [..., 8] (threestudio's layout), raw network outputs:
     albedo    kd = sigmoid(f[0:3])                                  sRGB-encoded base colour

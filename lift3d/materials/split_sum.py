@@ -1,7 +1,7 @@
 """Split-sum image-based lighting in PyTorch (Karis 2013, "Real Shading in Unreal Engine 4"):
 Radiance HDR files, equirectangular environment lookups, GGX-prefiltered environment levels,
 cosine-convolved irradiance and the BRDF lookup table, all computed in code (no baked assets
-besides the environment image; shared/methods/xdreamer.md §4).
+besides the environment image; docs/methods/xdreamer.md §4).
 
 The specular part of the rendering equation under an environment L is approximated by
 

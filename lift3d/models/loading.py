@@ -1,4 +1,4 @@
-"""Finding pretrained model folders before anything is loaded (DESIGN.md "Models and weights").
+"""Finding pretrained model folders before anything is loaded (docs/DESIGN.md "Models and weights").
 
 `resolve_pretrained` turns a config value (`pretrained_model_name_or_path`: a local folder or a
 Hugging Face id) into something `from_pretrained` can load without surprises, or fails at once with

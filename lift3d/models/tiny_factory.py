@@ -1,4 +1,4 @@
-"""Tiny, randomly initialised stand-ins for the diffusion models lift3d loads (DESIGN.md "Models and weights").
+"""Tiny, randomly initialised stand-ins for the diffusion models lift3d loads (docs/DESIGN.md "Models and weights").
 
 Each factory writes a folder in the exact layout of the real model, built from the same classes, so
 the code under test loads it with the same `from_pretrained` call it uses for the real one:

@@ -1,6 +1,6 @@
 """Dispatch policy between the PyTorch reference kernels and the Triton fast path.
 
-DESIGN.md ("Numerical kernels: a reference and a fast path"): every kernel has a pure-PyTorch
+docs/DESIGN.md ("Numerical kernels: a reference and a fast path"): every kernel has a pure-PyTorch
 reference, which is the ground truth and the CPU path; Triton kernels (``lift3d.ops.triton``)
 replace it for CUDA tensors. Triton ships with CUDA builds of PyTorch, so nothing is compiled at
 install time; the kernels are compiled by Triton's JIT at first use (cached under ``~/.triton``).

@@ -1,5 +1,5 @@
 """`neus-volume-renderer`: NeuS volume rendering of a signed distance field (Wang et al. 2021;
-the hash-grid variant of instant-nsr-pl, shared/methods/usd.md §4 step 5).
+the hash-grid variant of instant-nsr-pl, docs/methods/usd.md §4 step 5).
 
 It is the `nerf-volume-renderer` (packed ray marching inside the bbox, compositing, background,
 evaluation in chunks: all inherited, all from `lift3d.ops`) with the density replaced by NeuS's

@@ -1,4 +1,4 @@
-"""threestudio's system names for methods that `lift3d-system` already covers (DESIGN.md: systems
+"""threestudio's system names for methods that `lift3d-system` already covers (docs/DESIGN.md: systems
 that differ by one term are one system with a switch).
 
 - `dreamfusion-system`: text-to-3D, render a random view -> `stable-diffusion-guidance` SDS (+ the

@@ -6,7 +6,7 @@ losses when lambda_rgb / lambda_mask > 0) and reconstruction against a reference
 Which render output the guidance sees is `guidance_input` (comp_rgb, comp_normal, ...).
 
 Reference-view hook (image-to-3D guidances that score the reference view too, e.g. USD's
-delta term, shared/methods/usd.md §2): a guidance whose class lists loss names in
+delta term, docs/methods/usd.md §2): a guidance whose class lists loss names in
 `reference_view_losses` gets, when any of their lambdas is > 0 at this step, two more keyword
 arguments in the same call as the random view: `reference_out` (the render of the reference
 camera, rendered once and shared with the rgb/mask losses) and `reference_image` ([B,H,W,3], the

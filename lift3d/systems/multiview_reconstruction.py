@@ -1,5 +1,5 @@
 """`multiview-reconstruction-system`: fit a geometry to posed multi-view RGBA images (NeuS
-reconstruction of USD's view distillation, shared/methods/usd.md §4 step 5).
+reconstruction of USD's view distillation, docs/methods/usd.md §4 step 5).
 
 The `lift3d-system` without a guidance: the training batch is random rays of the views
 (`multiview-images-datamodule`), each with its colour and alpha. Losses, each weighted by

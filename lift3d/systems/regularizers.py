@@ -1,4 +1,4 @@
-"""Shared regularizers, each switched on by `system.loss.lambda_<name>` > 0 (DESIGN.md).
+"""Shared regularizers, each switched on by `system.loss.lambda_<name>` > 0 (docs/DESIGN.md).
 
 Each takes the renderer's output dict and returns a scalar. `needs` names the render outputs it
 reads, so a config that asks for a regularizer its renderer cannot feed fails with a clear error.

@@ -1,4 +1,4 @@
-"""Stage chaining: `system.geometry_convert_from=<ckpt | trial dir | LAST>` (DESIGN.md).
+"""Stage chaining: `system.geometry_convert_from=<ckpt | trial dir | LAST>` (docs/DESIGN.md).
 
 The previous stage's geometry is rebuilt from the config saved beside its checkpoint
 (`<trial>/configs/parsed.yaml`), its weights are loaded, and the new geometry is created from it

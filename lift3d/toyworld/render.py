@@ -1,6 +1,6 @@
 """Shaded renders and masks of toy-world shapes at lift3d cameras.
 
-Cameras follow shared/methods/threestudio-conventions.md (elevation/azimuth in degrees, z up,
+Cameras follow docs/methods/threestudio-conventions.md (elevation/azimuth in degrees, z up,
 azimuth 0 on +x, OpenGL c2w looking at the origin, vertical fovy) through lift3d.data.cameras,
 so a render here and a NeRF render of the same camera line up pixel for pixel.
 Shading: albedo × (ambient + diffuse · max(0, n·l)) with a "headlight" l = camera direction

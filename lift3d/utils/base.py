@@ -4,7 +4,7 @@ A component has a nested `Config` dataclass, is built from a config mapping (str
 lift3d.config.parse_structured) and sets itself up in `configure()`. Components that change with
 the training step implement `update_step(epoch, global_step)`; `do_update_step` propagates the
 call to every attribute that is itself updateable — nn.Module children and plain objects alike
-(DESIGN.md, "Core contracts").
+(docs/DESIGN.md, "Core contracts").
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """`C()`: values that change with the training step (threestudio's schedule forms).
 
-Forms accepted (DESIGN.md, "Core contracts"):
+Forms accepted (docs/DESIGN.md, "Core contracts"):
 - `v`                                 constant;
 - `[v0, v1, end]`                     linear from v0 at step 0 to v1 at `end`;
 - `[start, v0, v1, end]`              v0 until `start`, linear to v1 at `end`, v1 after;

@@ -3,7 +3,7 @@
     python load/images/make_usd_images.py
 
 * blocks_rgba.png (512×512 RGBA): load/shapes/blocks_union.ply seen from elevation 15°, azimuth 45°,
-  distance 1.5, vertical fov 39.6° — USD's reference camera (shared/methods/usd.md §2; the
+  distance 1.5, vertical fov 39.6° — USD's reference camera (docs/methods/usd.md §2; the
   data.default_* values of custom/usd/configs/usd-patch.yaml). Same shading and format as
   make_images.py (Lambert + ambient, straight colour, antialiased alpha, transparent background).
   The three parts (red box, yellow sphere, blue handle towards +x) make the shape asymmetric, so

@@ -1,4 +1,4 @@
-"""USD view distillation (shared/methods/usd.md §4): from a USD image-to-3D run's turntable renders
+"""USD view distillation (docs/methods/usd.md §4): from a USD image-to-3D run's turntable renders
 to a refined multi-view dataset and a NeuS mesh, as one resumable command:
 
     python -m custom.usd.view_distillation --config custom/usd/configs/usd-view-distillation.yaml run=<trial>

@@ -1,6 +1,6 @@
 """python -m custom.usd.view_distillation [--config custom/usd/configs/usd-view-distillation.yaml] run=<USD trial> [key=value ...]
 
-USD view distillation after an image-to-3D run (shared/methods/usd.md §4): rectified Zero-1-to-3
+USD view distillation after an image-to-3D run (docs/methods/usd.md §4): rectified Zero-1-to-3
 novel views -> SD class images -> DreamBooth-LoRA (a) -> (b) -> SDEdit of the turntable renders
 -> NeuS reconstruction + mesh export. Resumable: rerun the same command to continue; finished
 steps are skipped. Exit codes: 0 done, 2 bad config / inputs (nothing was run), 1 a step failed.

@@ -1,4 +1,4 @@
-"""Class images for DreamBooth's prior preservation (shared/methods/usd.md §4.2, step a).
+"""Class images for DreamBooth's prior preservation (docs/methods/usd.md §4.2, step a).
 
 The base Stable Diffusion model (no LoRA) samples `num_images` images of "photo of a <class>":
 DDIM from t = 999 in `num_steps` steps with classifier-free guidance against `negative_prompt`

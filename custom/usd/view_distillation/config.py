@@ -1,5 +1,5 @@
 """The view-distillation pipeline's config (custom/usd/configs/usd-view-distillation.yaml) and the
-values it takes from the USD image-to-3D run (shared/methods/usd.md §4).
+values it takes from the USD image-to-3D run (docs/methods/usd.md §4).
 
 Loading is strict, as every lift3d config: the YAML and `key=value` overrides are checked against
 `ViewDistillationConfig` before any work starts; an unknown key is a ConfigError naming it, its

@@ -1,4 +1,4 @@
-"""DreamBooth-LoRA specialisation of Stable Diffusion with prior preservation (shared/methods/usd.md §4.2).
+"""DreamBooth-LoRA specialisation of Stable Diffusion with prior preservation (docs/methods/usd.md §4.2).
 
 LoRA (peft `LoraConfig`, attached with diffusers' `unet.add_adapter`) on the UNet's attention
 projections `to_q, to_k, to_v, to_out.0`: W x + (alpha / r) B A x, A [r, d_in] random, B [d_out, r]

@@ -1,4 +1,4 @@
-"""USD view distillation after an image-to-3D run, as one resumable pipeline (shared/methods/usd.md §4).
+"""USD view distillation after an image-to-3D run, as one resumable pipeline (docs/methods/usd.md §4).
 
 Steps (each a folder under `out_dir`, default `<run>/view-distillation/`, written atomically with a
 done marker, see steps.py; a rerun skips finished steps):

@@ -1,4 +1,4 @@
-"""Rectified Zero-1-to-3 sampling of novel views of the input image (shared/methods/usd.md §4.3).
+"""Rectified Zero-1-to-3 sampling of novel views of the input image (docs/methods/usd.md §4.3).
 
 Zero-1-to-3's own classifier-free guidance pulls against its zero-image / zero-pose prediction,
 which is biased (usd.md §1). The rectified sampler guides against Stable Diffusion's unconditional

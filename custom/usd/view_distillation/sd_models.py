@@ -1,4 +1,4 @@
-"""Stable Diffusion pieces the view-distillation steps share (shared/methods/usd.md §4.2, §4.4).
+"""Stable Diffusion pieces the view-distillation steps share (docs/methods/usd.md §4.2, §4.4).
 
 - `load_stable_diffusion`: lift3d's `stable-diffusion-guidance` as a holder of SD's UNet, VAE and
   noise schedule (same loading, model lookup and precision handling as every SD guidance); its

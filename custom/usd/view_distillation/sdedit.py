@@ -1,4 +1,4 @@
-"""SDEdit refinement of the USD turntable renders with the specialised model (shared/methods/usd.md §4.4).
+"""SDEdit refinement of the USD turntable renders with the specialised model (docs/methods/usd.md §4.4).
 
 Per render (RGBA, straight alpha):
   1. composite on white (the background the USD NeRF was trained against and SD sees), resize to
