@@ -7,7 +7,7 @@ scored against the true shapes.
 
 Each run is `launch.py --config configs/demo/text-to-3d.yaml --train` (fit, then the test pass,
 which writes the RGBA turntable with cameras) with `system.guidance.usd_lambda` set; the turntable
-is scored by lift3d/toyworld/scoring.py: silhouette IoU against the true shape rendered at the
+is scored by tools/toyworld/scoring.py: silhouette IoU against the true shape rendered at the
 same cameras, and whether the result's colour is nearest the prompt's. A result passes with
 IoU >= 0.7 and the right colour. Prints a Markdown table (benchmarks/RESULTS.md keeps it).
 """
@@ -31,8 +31,8 @@ METHODS = {"USD": (0.0, None), "SDS": (1.0, None), "init": (0.0, 1)}
 
 
 def run_one(prompt: str, method: str, args) -> dict:
-    from lift3d.toyworld.scoring import score_trial
-    from lift3d.toyworld.shapes import parse_caption
+    from tools.toyworld.scoring import score_trial
+    from tools.toyworld.shapes import parse_caption
 
     root = Path(args.out) / method
     usd_lambda, steps = METHODS[method]

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lift3d.toyworld import dataset as toy_dataset
-from lift3d.toyworld.render import render_shape_rgba
-from lift3d.toyworld.scoring import score_views
-from lift3d.toyworld.shapes import COLOURS, SHAPES, parse_caption, shape_mesh
+from tools.toyworld import dataset as toy_dataset
+from tools.toyworld.render import render_shape_rgba
+from tools.toyworld.scoring import score_views
+from tools.toyworld.shapes import COLOURS, SHAPES, parse_caption, shape_mesh
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -121,7 +121,7 @@ def test_toy_sd_prior_draws_the_prompted_object(prompt, shape, colour, one_torch
 
     from lift3d.prompt.stable_diffusion import encode_prompts
     from lift3d.guidance.ddim import ddim_sample, ddim_timesteps
-    from lift3d.toyworld.shapes import COLOURS
+    from tools.toyworld.shapes import COLOURS
 
     unet = UNet2DConditionModel.from_pretrained(TOY_SD, subfolder="unet").eval()
     vae = AutoencoderKL.from_pretrained(TOY_SD, subfolder="vae").eval()

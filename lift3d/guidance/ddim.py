@@ -2,7 +2,7 @@
 
 One loop serves every sampler: USD view distillation's Zero-1-to-3 novel views (from pure noise,
 t = 999), Stable Diffusion class images (t = 999) and SDEdit refinement (from t ≈ 200), and the
-toy priors' sample sheets (lift3d/toyworld). The step
+toy priors' sample sheets (tools/toyworld). The step
 itself is lift3d.guidance.sds.ddim_step (eta = 0):
 
     x0      = (z_t - sqrt(1 - alphabar_t) eps) / sqrt(alphabar_t)

@@ -2,9 +2,9 @@
 
     python load/images/make_toy_images.py
 
-* toy_yellow_cone_rgba.png (128×128 RGBA): the toy world's yellow cone (lift3d/toyworld/shapes.py)
+* toy_yellow_cone_rgba.png (128×128 RGBA): the toy world's yellow cone (tools/toyworld/shapes.py)
   seen from elevation 15°, azimuth 0°, distance 2.0, vertical fov 40° — the data.default_* values
-  of the demo config — shaded as the toy priors were trained (lift3d/toyworld/render.py), straight
+  of the demo config — shaded as the toy priors were trained (tools/toyworld/render.py), straight
   colour, antialiased alpha, transparent background.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from lift3d.toyworld.render import render_shape_rgba  # noqa: E402
+from tools.toyworld.render import render_shape_rgba  # noqa: E402
 
 # (file, shape, colour, elevation, azimuth, distance, fovy, size)
 IMAGES = [("toy_yellow_cone_rgba.png", "cone", "yellow", 15.0, 0.0, 2.0, 40.0, 128)]

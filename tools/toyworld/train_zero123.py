@@ -9,7 +9,7 @@ classifier-free guidance 10 % of the samples get the zero reference latent and z
 (Zero-1-to-3's unconditional). The CLIP image encoder is trained with the UNet (the toy world has
 no pretrained CLIP); the VAE is the toy SD prior's (train_vae.py). Saved weights are an EMA.
 
-    python -m lift3d.toyworld.train_zero123 --out load/priors/toy-zero123 --vae-from DIR [--steps 4000]
+    python -m tools.toyworld.train_zero123 --out load/priors/toy-zero123 --vae-from DIR [--steps 4000]
 
 Loads with `extern.zero123.pipeline.Zero123Pipeline.from_pretrained(out)` like zero123-xl.
 """
@@ -25,11 +25,11 @@ import torch
 from extern.zero123.camera import relative_camera_embedding
 from lift3d.guidance.ddim import ddim_sample, ddim_timesteps
 from lift3d.models.tiny_factory import clip_image_processor, folder_size_bytes, write_zero123_folder
-from lift3d.toyworld import dataset as toy_dataset
-from lift3d.toyworld.diffusion_training import (
+from tools.toyworld import dataset as toy_dataset
+from tools.toyworld.diffusion_training import (
     EMA, IMAGE_SIZE, ddpm_loss, encode_latent_distribution, make_unet, sd_alphas_cumprod, train_loop,
 )
-from lift3d.toyworld.train_vae import load_vae
+from tools.toyworld.train_vae import load_vae
 
 EMBED_WIDTH = 64
 UNCOND_PROBABILITY = 0.1
@@ -128,10 +128,10 @@ def save_samples(path: Path, pipe, data: toy_dataset.ToyDataset, alphas, guidanc
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lift3d.toyworld.train_zero123", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.toyworld.train_zero123", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="output model folder (zero123-xl diffusers layout)")
     parser.add_argument("--vae-from", required=True, help="folder with the trained toy VAE in vae/ (train_vae.py or the toy SD prior)")
-    parser.add_argument("--data", help="a dataset .npz from lift3d.toyworld.dataset (default: generate one)")
+    parser.add_argument("--data", help="a dataset .npz from tools.toyworld.dataset (default: generate one)")
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-4)

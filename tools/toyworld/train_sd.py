@@ -6,7 +6,7 @@ has no such encoder). Captions: the object's prompt with the camera's view suffi
 prompt (15 %) or the empty prompt (15 %, for classifier-free guidance; USD's unconditional term
 is exactly eps("")). The saved weights are an EMA of the trained ones.
 
-    python -m lift3d.toyworld.train_sd --out load/priors/toy-sd [--steps 4000 --vae-steps 800]
+    python -m tools.toyworld.train_sd --out load/priors/toy-sd [--steps 4000 --vae-steps 800]
 
 Loads with `StableDiffusionPipeline.from_pretrained(out)` like stabilityai/stable-diffusion-2-1-base.
 """
@@ -21,9 +21,9 @@ import torch
 
 from lift3d.guidance.ddim import ddim_sample, ddim_timesteps
 from lift3d.models.tiny_factory import TEXT_MAX_LENGTH, folder_size_bytes, write_sd_folder, write_tokenizer
-from lift3d.toyworld import dataset as toy_dataset
-from lift3d.toyworld.train_vae import load_vae
-from lift3d.toyworld.diffusion_training import (
+from tools.toyworld import dataset as toy_dataset
+from tools.toyworld.train_vae import load_vae
+from tools.toyworld.diffusion_training import (
     EMA, ddpm_loss, encode_latent_distribution, make_unet, sd_alphas_cumprod, train_loop, train_vae,
 )
 
@@ -111,10 +111,10 @@ def save_samples(path: Path, vae, unet, text_encoder, tokenizer, data, alphas, g
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lift3d.toyworld.train_sd", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.toyworld.train_sd", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="output model folder (SD layout)")
-    parser.add_argument("--data", help="a dataset .npz from lift3d.toyworld.dataset (default: generate one)")
-    parser.add_argument("--vae-from", help="reuse the VAE in <folder>/vae (lift3d.toyworld.train_vae) instead of training one")
+    parser.add_argument("--data", help="a dataset .npz from tools.toyworld.dataset (default: generate one)")
+    parser.add_argument("--vae-from", help="reuse the VAE in <folder>/vae (tools.toyworld.train_vae) instead of training one")
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--vae-steps", type=int, default=800)
     parser.add_argument("--batch-size", type=int, default=32)

@@ -1,6 +1,6 @@
 """Trains the toy world's VAE (shared by both toy priors, as SD and Zero-1-to-3 share SD's VAE).
 
-    python -m lift3d.toyworld.train_vae --out DIR [--data toyworld.npz --steps 600]
+    python -m tools.toyworld.train_vae --out DIR [--data toyworld.npz --steps 600]
 
 writes DIR/vae (AutoencoderKL.from_pretrained(DIR, subfolder="vae")); the training scripts of
 both priors take it with --vae-from DIR.
@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from lift3d.toyworld import dataset as toy_dataset
-from lift3d.toyworld.diffusion_training import train_vae
+from tools.toyworld import dataset as toy_dataset
+from tools.toyworld.diffusion_training import train_vae
 
 
 def load_vae(folder: str | Path):
@@ -24,9 +24,9 @@ def load_vae(folder: str | Path):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lift3d.toyworld.train_vae", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.toyworld.train_vae", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True)
-    parser.add_argument("--data", help="a dataset .npz from lift3d.toyworld.dataset (default: generate one)")
+    parser.add_argument("--data", help="a dataset .npz from tools.toyworld.dataset (default: generate one)")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)

@@ -7,7 +7,7 @@ object's prompt with the view-direction suffix lift3d's prompt processor appends
 ("a red cube, front view"; lift3d/prompt/directions.py, default thresholds), so the prior learns
 the same prompts it is later queried with.
 
-    python -m lift3d.toyworld.dataset --out toyworld.npz [--views-per-object 160 --size 32 --seed 0]
+    python -m tools.toyworld.dataset --out toyworld.npz [--views-per-object 160 --size 32 --seed 0]
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from lift3d.prompt.directions import DIRECTION_NAMES, direction_indices, make_directions, view_prompt
-from lift3d.toyworld.render import render_shape
-from lift3d.toyworld.shapes import caption, shape_names_and_colours
+from tools.toyworld.render import render_shape
+from tools.toyworld.shapes import caption, shape_names_and_colours
 
 ELEVATION_RANGE = (-10.0, 45.0)
 DISTANCE_RANGE = (1.8, 2.2)
@@ -96,7 +96,7 @@ def generate(views_per_object: int = 160, size: int = 32, seed: int = 0, objects
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lift3d.toyworld.dataset", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.toyworld.dataset", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="output .npz")
     parser.add_argument("--views-per-object", type=int, default=160)
     parser.add_argument("--size", type=int, default=32, help="image side in pixels")

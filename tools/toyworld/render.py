@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from lift3d.data.cameras import get_mvp_matrix, get_projection_matrix, look_at_c2w, spherical_to_cartesian
-from lift3d.toyworld.shapes import COLOURS, shape_mesh
+from tools.toyworld.shapes import COLOURS, shape_mesh
 
 AMBIENT, DIFFUSE = 0.45, 0.55
 

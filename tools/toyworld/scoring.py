@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from lift3d.toyworld.render import render_shape
-from lift3d.toyworld.shapes import COLOURS
+from tools.toyworld.render import render_shape
+from tools.toyworld.shapes import COLOURS
 from lift3d.utils.metrics import mask_iou
 from lift3d.utils.rgba_dataset import test_pass_datasets
 
