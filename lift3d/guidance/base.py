@@ -22,6 +22,17 @@ class BaseGuidance(BaseObject):
         pass
 
     produces: tuple[str, ...] = ()
+    # losses (of `produces`) scored on the reference view too: while any of their lambdas is > 0,
+    # lift3d-system renders the reference camera and passes `reference_out` / `reference_image`
+    # to `__call__` (lift3d.systems.lift3d_system)
+    reference_view_losses: tuple[str, ...] = ()
+
+    def trainable_modules(self) -> Optional[torch.nn.Module]:
+        """The guidance's trainable weights (e.g. X-Dreamer's CG-LoRA), or None (the default: the
+        frozen models are all it holds). The system registers the module as its child
+        `guidance_params`: checkpointed, optimised (optimizer group `guidance_params`), moved with
+        the system and reached by `update_step` (lift3d.systems.base)."""
+        return None
 
     def __call__(
         self,
