@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -52,15 +52,15 @@ class MeshExporter(BaseExporter):
     TEXTURE_FORMATS = ("png", "jpg")
 
     @classmethod
-    def validate_config(cls, cfg) -> None:
+    def validate_config(cls, cfg: Any, path: str = "system.exporter") -> None:
         if cfg.fmt not in cls.FORMATS:
-            raise ConfigError(f"system.exporter.fmt '{cfg.fmt}' is not supported: use one of {', '.join(cls.FORMATS)}.")
+            raise ConfigError(f"{path}.fmt '{cfg.fmt}' is not supported: use one of {', '.join(cls.FORMATS)}.")
         if cfg.texture_format not in cls.TEXTURE_FORMATS:
             raise ConfigError(
-                f"system.exporter.texture_format '{cfg.texture_format}': use one of {', '.join(cls.TEXTURE_FORMATS)}."
+                f"{path}.texture_format '{cfg.texture_format}': use one of {', '.join(cls.TEXTURE_FORMATS)}."
             )
         if cfg.texture_size < 8:
-            raise ConfigError(f"system.exporter.texture_size must be at least 8, got {cfg.texture_size}.")
+            raise ConfigError(f"{path}.texture_size must be at least 8, got {cfg.texture_size}.")
 
     def configure(self, geometry, material, background) -> None:
         super().configure(geometry, material, background)

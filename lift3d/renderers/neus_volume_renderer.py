@@ -86,18 +86,18 @@ class NeuSVolumeRenderer(NeRFVolumeRenderer):
         prune_alpha_threshold: bool = False
 
     @classmethod
-    def validate_config(cls, cfg: Any) -> None:
+    def validate_config(cls, cfg: Any, path: str = "system.renderer") -> None:
         if cfg.num_samples_per_ray < 2:
             raise ConfigError(
-                f"system.renderer.num_samples_per_ray = {cfg.num_samples_per_ray}: use at least 2 (e.g. 64)."
+                f"{path}.num_samples_per_ray = {cfg.num_samples_per_ray}: use at least 2 (e.g. 64)."
             )
         if cfg.cos_anneal_end_steps < 0:
             raise ConfigError(
-                f"system.renderer.cos_anneal_end_steps = {cfg.cos_anneal_end_steps} is negative: use 0 (no annealing) "
+                f"{path}.cos_anneal_end_steps = {cfg.cos_anneal_end_steps} is negative: use 0 (no annealing) "
                 f"or the step at which the cos annealing ratio reaches 1."
             )
         if cfg.radius <= 0 or cfg.eval_chunk_size < 1:
-            raise ConfigError("system.renderer.radius must be > 0 and system.renderer.eval_chunk_size >= 1.")
+            raise ConfigError(f"{path}.radius must be > 0 and {path}.eval_chunk_size >= 1.")
 
     def configure(self, geometry, material, background) -> None:
         self.validate_config(self.cfg)

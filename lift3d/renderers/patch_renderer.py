@@ -28,12 +28,14 @@ class PatchRenderer(BaseRenderer):
         base_renderer: dict = field(default_factory=dict)
 
     @classmethod
-    def validate_config(cls, cfg: Any) -> None:
+    def validate_config(cls, cfg: Any, path: str = "system.renderer") -> None:
         from lift3d.config import parse_structured
 
         base = find(cfg.base_renderer_type)
-        parse_structured(base.Config, cfg.base_renderer, "system.renderer.base_renderer",
-                         f"renderer '{cfg.base_renderer_type}'")
+        base_path = f"{path}.base_renderer"
+        base.validate_config(
+            parse_structured(base.Config, cfg.base_renderer, base_path, f"renderer '{cfg.base_renderer_type}'"), base_path
+        )
 
     def configure(self, geometry, material, background) -> None:
         super().configure(geometry, material, background)
