@@ -1,5 +1,10 @@
 """Reading the reference image of image-to-3D (an RGBA picture of one object on a transparent
-background) into an RGB tensor and a foreground mask.
+background) into an RGB tensor, its alpha and a binary foreground mask, and compositing it.
+
+Compositing uses the continuous alpha, `rgb * alpha + background * (1 - alpha)` (`composite`), as
+threestudio composites its reference image (zero123_guidance.py, stable_zero123_guidance.py): an
+anti-aliased edge pixel with alpha 0.5 becomes the half-way blend of object and background. The
+binary mask (alpha > 0.5) is for the mask loss only (docs/faithfulness.md).
 
 Errors are raised as `ConfigError`s that name the file, the config key it came from (by default
 `data.image_path`) and the fix, so a data module can check its image while the experiment config
@@ -108,13 +113,13 @@ def resize_rgba(rgba: Image.Image, height: int, width: int) -> Image.Image:
     return rgba.resize((width, height), resample=resample)  # PIL premultiplies RGBA for this
 
 
-def load_rgba(path: str, height: int, width: int, key: str = DEFAULT_KEY) -> Tuple[Tensor, Tensor]:
+def load_rgb_alpha(path: str, height: int, width: int, key: str = DEFAULT_KEY) -> Tuple[Tensor, Tensor]:
     """Load an RGBA image resized to height x width.
 
-    Returns rgb [H, W, 3] float32 in [0, 1] (straight, not premultiplied: colours where the mask
-    is 0 are whatever the file stores — composite with the mask) and mask [H, W, 1] float32,
-    1 where alpha > 0.5 and 0 elsewhere. Errors: see `read_rgba`. Warns when the image's aspect
-    ratio differs from width / height (it is stretched, not cropped).
+    Returns rgb [H, W, 3] float32 in [0, 1] (straight, not premultiplied: colours where alpha is 0
+    are whatever the file stores) and alpha [H, W, 1] float32 in [0, 1]; composite them with
+    `composite`. Errors: see `read_rgba`. Warns when the image's aspect ratio differs from
+    width / height (it is stretched, not cropped).
     """
     rgba = read_rgba(path, key)
     if abs(rgba.width / rgba.height - width / height) > 0.01 * (width / height):
@@ -126,6 +131,22 @@ def load_rgba(path: str, height: int, width: int, key: str = DEFAULT_KEY) -> Tup
         )
     arr = np.asarray(resize_rgba(rgba, height, width), dtype=np.float32) / 255.0  # [H, W, 4]
     t = torch.from_numpy(arr.copy())
-    rgb = t[..., :3].contiguous()
-    mask = (t[..., 3:] > 0.5).float()
-    return rgb, mask
+    return t[..., :3].contiguous(), t[..., 3:].contiguous()
+
+
+def binary_mask(alpha: Tensor) -> Tensor:
+    """The foreground mask of an alpha [..., 1]: 1.0 where alpha > 0.5, else 0.0 (for mask losses)."""
+    return (alpha > 0.5).to(alpha.dtype)
+
+
+def composite(rgb: Tensor, alpha: Tensor, background: Tensor | float) -> Tensor:
+    """rgb * alpha + background * (1 - alpha): straight-alpha colour [..., 3] over a background
+    (broadcastable to rgb: a colour [3], an image [..., 3] or a scalar), with the continuous alpha [..., 1]."""
+    return rgb * alpha + background * (1.0 - alpha)
+
+
+def load_rgba(path: str, height: int, width: int, key: str = DEFAULT_KEY) -> Tuple[Tensor, Tensor]:
+    """`load_rgb_alpha` with the alpha made binary: (rgb [H, W, 3], mask [H, W, 1] = alpha > 0.5).
+    For a mask; composite the colour with the continuous alpha of `load_rgb_alpha`."""
+    rgb, alpha = load_rgb_alpha(path, height, width, key)
+    return rgb, binary_mask(alpha)

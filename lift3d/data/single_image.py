@@ -2,8 +2,10 @@
 
 Training batch (B = `batch_size`; the reference view repeated B times):
   the camera keys of `random_camera.CAMERA_BATCH_KEYS` for the reference camera (light at the
-  camera), plus rgb [B, H, W, 3] in [0, 1] (straight colour as stored in the image) and
-  mask [B, H, W, 1] (1 where alpha > 0.5, else 0; composite the rgb with it), and, when
+  camera), plus rgb [B, H, W, 3] in [0, 1] (straight colour as stored in the image),
+  alpha [B, H, W, 1] (the image's continuous alpha in [0, 1]: composite the rgb with it,
+  `image_io.composite(rgb, alpha, bg)` = rgb * alpha + bg * (1 - alpha), as threestudio does) and
+  mask [B, H, W, 1] (1 where alpha > 0.5, else 0: the target of mask losses), and, when
   `use_random_camera`, batch["random_camera"]: a batch of `RandomCameraIterableDataset`
   configured by `data.random_camera` (its own resolution, batch size and milestones).
 Validation / test / predict: the turntables of `random-camera-datamodule`, configured by
@@ -31,16 +33,14 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from lift3d.config import parse_structured
 from lift3d.data.cameras import spherical_to_cartesian
-from lift3d.data.image_io import load_rgba, read_rgba
+from lift3d.data.image_io import binary_mask, load_rgb_alpha, read_rgba
 from lift3d.data.random_camera import (
     RandomCameraDataModule,
     RandomCameraDataModuleConfig,
     RandomCameraEvalDataset,
     RandomCameraIterableDataset,
-    _fail,
     _stage_index,
     camera_batch,
-    check_scalar,
     eval_dataloader,
     resolution_stages,
     resolve_seed,
@@ -48,6 +48,7 @@ from lift3d.data.random_camera import (
 )
 from lift3d.errors import ConfigError
 from lift3d.registry import register
+from lift3d.utils.config_checks import check_scalar, fail
 from lift3d.utils.base import Updateable
 
 
@@ -113,14 +114,15 @@ class SingleImageIterableDataset(IterableDataset, Updateable):
         self._images: Dict[Tuple[int, int], Tuple[Tensor, Tensor]] = {}
         for h, w in zip(self.heights, self.widths):
             if (h, w) not in self._images:
-                self._images[(h, w)] = load_rgba(self.cfg.image_path, h, w, key=f"{path}.image_path")
+                self._images[(h, w)] = load_rgb_alpha(self.cfg.image_path, h, w, key=f"{path}.image_path")
         self._set_stage(0)
 
     def _set_stage(self, stage: int) -> None:
         self.stage = stage
         self.height: int = self.heights[stage]
         self.width: int = self.widths[stage]
-        self.rgb, self.mask = self._images[(self.height, self.width)]  # [H, W, 3], [H, W, 1]
+        self.rgb, self.alpha = self._images[(self.height, self.width)]  # [H, W, 3], [H, W, 1]
+        self.mask = binary_mask(self.alpha)  # [H, W, 1]
         self._reference = self._reference_batch(1, noise=False)
 
     def update_step(self, epoch: int, global_step: int) -> None:
@@ -150,6 +152,7 @@ class SingleImageIterableDataset(IterableDataset, Updateable):
                 for k, v in self._reference.items()
             }
         batch["rgb"] = self.rgb[None].repeat(B, 1, 1, 1)
+        batch["alpha"] = self.alpha[None].repeat(B, 1, 1, 1)
         batch["mask"] = self.mask[None].repeat(B, 1, 1, 1)
         if self.random_camera is not None:
             batch["random_camera"] = self.random_camera.sample()
@@ -193,7 +196,7 @@ class SingleImageDataModule(pl.LightningDataModule):
         cfg = _as_config(cfg, path)
         resolution_stages(cfg, path, keys=("height", "width"))
         if cfg.batch_size < 1:
-            _fail(f"{path}.batch_size", f"= {cfg.batch_size} must be >= 1", "use a positive integer")
+            fail(f"{path}.batch_size", f"= {cfg.batch_size} must be >= 1", "use a positive integer")
         check_scalar(cfg, "default_elevation_deg", path, lo=-90, hi=90)
         check_scalar(cfg, "default_camera_distance", path, lo=0, lo_open=True)
         check_scalar(cfg, "default_fovy_deg", path, lo=0, hi=180, lo_open=True, hi_open=True)
@@ -201,7 +204,7 @@ class SingleImageDataModule(pl.LightningDataModule):
         check_scalar(cfg, "rays_noise_scale", path, lo=0)
         near = check_scalar(cfg, "near", path, lo=0, lo_open=True)
         if not float(cfg.far) > near:
-            _fail(f"{path}.far", f"= {cfg.far} is not greater than {path}.near = {near}",
+            fail(f"{path}.far", f"= {cfg.far} is not greater than {path}.near = {near}",
                   "set far > near, e.g. near: 0.01, far: 100")
         for name in ("requires_depth", "requires_normal"):
             if cfg[name]:

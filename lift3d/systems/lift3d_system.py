@@ -26,6 +26,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
+from lift3d.data.image_io import composite
 from lift3d.registry import register
 from lift3d.systems.base import BaseLift3DSystem
 from lift3d.systems.regularizers import compute_regularizers
@@ -54,13 +55,13 @@ class Lift3DSystem(BaseLift3DSystem):
         return {k[len("lambda_"):]: float(self.C(v)) for k, v in self.cfg.loss.items()}
 
     def reference_target(self, batch: dict[str, Any], out: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The input image [B,H,W,3] composited on the background where its mask is empty."""
-        mask = batch["mask"]  # [B,H,W,1]
+        """The input image [B,H,W,3] composited on the background with its continuous alpha."""
+        alpha = batch.get("alpha", batch["mask"])  # [B,H,W,1]
         bg = out["comp_rgb_bg"] if self.cfg.reference_background == "render" else torch.ones_like(batch["rgb"])
-        return batch["rgb"] * mask + bg * (1.0 - mask)
+        return composite(batch["rgb"], alpha, bg)
 
     def guidance_wants_reference_view(self, lambdas: dict[str, float]) -> bool:
-        names = getattr(self.guidance, "reference_view_losses", ())
+        names = type(self.guidance).reference_view_losses
         return any(lambdas.get(n[len("loss_"):], 0.0) > 0.0 for n in names)
 
     def reference_losses(
