@@ -4,6 +4,14 @@ Samples are packed (nerfacc-style): marching drops samples in empty grid cells a
 samples whose alpha is below 1e-2; the survivors are shaded, weighted (w_i = T_i·alpha_i) and
 accumulated per ray. The occupancy grid is refreshed every `grid_update_interval` training steps
 from the geometry's density × step size (the probability that one step is opaque).
+
+Memory at evaluation is bounded by samples, not rays (issue #24): rays are marched in groups whose
+candidate samples fit `eval_max_samples` × `eval_march_factor` (16 bytes per kept sample), and the
+kept samples are shaded and composited in chunks of at most `eval_max_samples`, cut at ray
+boundaries so that every ray is composited whole — the same images as one unchunked pass, with a
+peak that no longer grows with the resolution. Each shaded sample costs about 0.7 KB (hash grid +
+MLPs) and 4.4 KB with finite-difference normals, which evaluation always computes
+(`lift3d/memory_check.py` holds the measured figures).
 """
 from __future__ import annotations
 
@@ -14,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from lift3d.ops.occupancy_grid import OccupancyGrid
-from lift3d.ops.ray_marching import march_rays
+from lift3d.ops.ray_marching import march_rays, ray_aabb_intersect
 from lift3d.ops.volume_rendering import accumulate_along_rays, render_weight_from_density, z_variance_along_rays
 from lift3d.registry import register
 from lift3d.renderers.base import BaseRenderer
@@ -26,7 +34,11 @@ class NeRFVolumeRenderer(BaseRenderer):
     class Config(BaseRenderer.Config):
         num_samples_per_ray: int = 512
         randomized: bool = True  # stratified sample offsets during training
-        eval_chunk_size: int = 160000  # rays per chunk at evaluation
+        eval_chunk_size: int = 160000  # at most this many rays per marching group at evaluation
+        # samples shaded at once at evaluation: 2^19 × ~4.4 KB (finite-difference normals) ≈ 2.3 GB,
+        # sized for a 24 GB machine or GPU next to the models; lower it on smaller ones
+        eval_max_samples: int = 1 << 19
+        eval_march_factor: int = 8  # a marching group holds at most this many × eval_max_samples candidates
         grid_prune: bool = True
         grid_resolution: int = 32
         grid_update_interval: int = 16
@@ -39,6 +51,13 @@ class NeRFVolumeRenderer(BaseRenderer):
 
     def configure(self, geometry, material, background) -> None:
         super().configure(geometry, material, background)
+        if self.cfg.eval_max_samples < 1 or self.cfg.eval_chunk_size < 1 or self.cfg.eval_march_factor < 1:
+            from lift3d.errors import ConfigError
+
+            raise ConfigError(
+                "system.renderer.eval_max_samples, eval_chunk_size and eval_march_factor must be >= 1 "
+                f"(got {self.cfg.eval_max_samples}, {self.cfg.eval_chunk_size}, {self.cfg.eval_march_factor})."
+            )
         r = self.cfg.radius
         # step so that the bbox diagonal holds num_samples_per_ray samples
         self.render_step_size = 1.732 * 2 * r / self.cfg.num_samples_per_ray
@@ -72,9 +91,7 @@ class NeRFVolumeRenderer(BaseRenderer):
         if self.training:
             out = self._render_rays(o, d, lights)
         else:
-            chunk = self.cfg.eval_chunk_size
-            parts = [self._render_rays(o[i : i + chunk], d[i : i + chunk], lights[i : i + chunk]) for i in range(0, o.shape[0], chunk)]
-            out = {k: torch.cat([p[k] for p in parts], 0) for k in parts[0]}  # eval: per-ray outputs only
+            out = self._render_rays_bounded(o, d, lights)  # eval: per-ray outputs only
         if bg_color is None:
             bg = self.background(dirs=rays_d)  # [B,H,W,3]
         else:
@@ -86,21 +103,81 @@ class NeRFVolumeRenderer(BaseRenderer):
             images.update({k: v for k, v in out.items() if k not in _IMAGE_KEYS})
         return images
 
-    def _render_rays(self, o: torch.Tensor, d: torch.Tensor, lights: torch.Tensor) -> dict[str, torch.Tensor]:
-        n_rays = o.shape[0]
-        alpha_fn = None
-        if self.cfg.prune_alpha_threshold:
-            def alpha_fn(t_starts, t_ends, ray_indices):
-                pos = o[ray_indices] + d[ray_indices] * ((t_starts + t_ends) * 0.5)[:, None]
-                sigma = self.geometry.forward_field(pos).reshape(-1)
-                return 1.0 - torch.exp(-sigma * (t_ends - t_starts))
+    # ------------------------------------------------------------------ marching
+    def _alpha_fn(self, o: torch.Tensor, d: torch.Tensor):
+        """The pruning opacity of candidate samples (None: no alpha pruning)."""
+        if not self.cfg.prune_alpha_threshold:
+            return None
 
-        ray_idx, t_starts, t_ends = march_rays(
+        def alpha_fn(t_starts, t_ends, ray_indices):
+            pos = o[ray_indices] + d[ray_indices] * ((t_starts + t_ends) * 0.5)[:, None]
+            sigma = self.geometry.forward_field(pos).reshape(-1)
+            return 1.0 - torch.exp(-sigma * (t_ends - t_starts))
+
+        return alpha_fn
+
+    def _march(self, o: torch.Tensor, d: torch.Tensor, chunk_size: int = 1 << 20):
+        """Packed samples of rays o, d [N,3] → (ray_idx [S], t_starts [S], t_ends [S])."""
+        return march_rays(
             o, d, self.occupancy_grid.aabb, self.cfg.near_plane, self.cfg.far_plane, self.render_step_size,
             occupancy_grid=self.occupancy_grid if self.cfg.grid_prune else None,
-            alpha_fn=alpha_fn, alpha_thre=1e-2 if self.cfg.prune_alpha_threshold else 0.0,
-            stratified=self.training and self.cfg.randomized,
+            alpha_fn=self._alpha_fn(o, d), alpha_thre=1e-2 if self.cfg.prune_alpha_threshold else 0.0,
+            stratified=self.training and self.cfg.randomized, chunk_size=chunk_size,
         )
+
+    def _candidate_counts(self, o: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        """An upper bound of each ray's candidate samples before pruning ([N] long, march_rays' steps + 1)."""
+        t_near, t_far = ray_aabb_intersect(o, d, self.occupancy_grid.aabb)
+        t_a = torch.clamp(t_near, min=self.cfg.near_plane)
+        t_b = torch.clamp(t_far, max=self.cfg.far_plane)
+        span = torch.where(torch.isfinite(t_a) & torch.isfinite(t_b) & (t_b > t_a), t_b - t_a, torch.zeros_like(t_a))
+        return torch.ceil(span / self.render_step_size).long() + 1
+
+    # ------------------------------------------------------------------ rendering
+    def _render_rays(self, o: torch.Tensor, d: torch.Tensor, lights: torch.Tensor) -> dict[str, torch.Tensor]:
+        """March and shade all rays at once (training: one graph for the whole batch)."""
+        ray_idx, t_starts, t_ends = self._march(o, d)
+        return self._shade(o, d, lights, ray_idx, t_starts, t_ends)
+
+    def _render_rays_bounded(self, o: torch.Tensor, d: torch.Tensor, lights: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Evaluation with a peak set by `eval_max_samples`, not by the number of rays (o, d, lights [N,3]).
+
+        Rays are marched in groups of at most `eval_chunk_size` rays and `eval_march_factor` ×
+        `eval_max_samples` candidate samples; a group's kept samples (sorted by ray) are cut at ray
+        boundaries into runs of at most `eval_max_samples` (a single ray with more samples is shaded
+        alone) and each run is shaded and composited for its rays only. Per-ray outputs are written
+        into [N,C] buffers; a ray without samples keeps zeros, as the unchunked compositing gives.
+        """
+        budget = int(self.cfg.eval_max_samples)
+        n = o.shape[0]
+        out: dict[str, torch.Tensor] = {}
+        counts = self._candidate_counts(o, d)
+        for r0, r1 in _runs(counts, budget * int(self.cfg.eval_march_factor), int(self.cfg.eval_chunk_size)):
+            ray_idx, t_starts, t_ends = self._march(o[r0:r1], d[r0:r1], chunk_size=budget)
+            if ray_idx.numel() == 0:
+                continue
+            per_ray = torch.bincount(ray_idx, minlength=r1 - r0)  # [r1-r0] kept samples per ray
+            starts = torch.cumsum(per_ray, 0) - per_ray  # [r1-r0] first packed index of each ray
+            for a, b in _runs(per_ray, budget, r1 - r0):
+                if int(per_ray[a:b].sum()) == 0:
+                    continue
+                s0, s1 = int(starts[a]), int(starts[b - 1] + per_ray[b - 1])
+                part = self._shade(
+                    o[r0 + a : r0 + b], d[r0 + a : r0 + b], lights[r0 + a : r0 + b],
+                    ray_idx[s0:s1] - a, t_starts[s0:s1], t_ends[s0:s1],
+                )
+                for key, value in part.items():
+                    if key not in out:
+                        out[key] = value.new_zeros(n, value.shape[-1])
+                    out[key][r0 + a : r0 + b] = value
+        if not out:  # no ray has a sample: what compositing gives for empty rays
+            out = self._shade(o[:1], d[:1], lights[:1], *(x[:0] for x in self._march(o[:1], d[:1])))
+            out = {k: v.new_zeros(n, v.shape[-1]) for k, v in out.items()}
+        return out
+
+    def _shade(self, o, d, lights, ray_idx, t_starts, t_ends) -> dict[str, torch.Tensor]:
+        """Shade packed samples and composite them per ray: o, d, lights [N,3], ray_idx [S] in [0, N)."""
+        n_rays = o.shape[0]
         t_dirs = d[ray_idx]  # [S,3]
         positions = o[ray_idx] + t_dirs * ((t_starts + t_ends) * 0.5)[:, None]  # [S,3]
         want_normal = self.material.requires_normal or self.cfg.return_comp_normal or not self.training
@@ -127,6 +204,19 @@ class NeRFVolumeRenderer(BaseRenderer):
             if "normal" in geo:
                 out["normal"] = geo["normal"]
         return out
+
+
+def _runs(counts: torch.Tensor, budget: int, max_len: int) -> list[tuple[int, int]]:
+    """Cut [0, len(counts)) into consecutive runs [a, b) of at most `max_len` items whose counts sum
+    to at most `budget` (a single item over the budget forms a run of its own)."""
+    csum = torch.cumsum(counts.reshape(-1).long().cpu(), 0)  # [N]
+    n, runs, a, base = csum.shape[0], [], 0, 0
+    while a < n:
+        b = int(torch.searchsorted(csum, torch.tensor(base + budget), right=True))
+        b = min(max(b, a + 1), a + max_len)
+        runs.append((a, b))
+        base, a = int(csum[b - 1]), b
+    return runs
 
 
 _IMAGE_KEYS = ("comp_rgb_fg", "opacity", "depth", "z_variance", "comp_normal")

@@ -38,7 +38,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lift3d.errors import ConfigError
-from lift3d.ops.ray_marching import march_rays
 from lift3d.ops.volume_rendering import accumulate_along_rays, render_weight_from_alpha, z_variance_along_rays
 from lift3d.registry import register
 from lift3d.renderers.nerf_volume_renderer import NeRFVolumeRenderer
@@ -134,23 +133,25 @@ class NeuSVolumeRenderer(NeRFVolumeRenderer):
         return (sdf.abs() < self._grid_margin).float()
 
     # ------------------------------------------------------------------ rendering
-    def _render_rays(self, o: torch.Tensor, d: torch.Tensor, lights: torch.Tensor) -> dict[str, torch.Tensor]:
+    # marching, sample-bounded evaluation and the training path are the NeRF renderer's; NeuS changes
+    # the pruning opacity (_alpha_fn) and the shading (_shade)
+    def _alpha_fn(self, o: torch.Tensor, d: torch.Tensor):
+        if not self.cfg.prune_alpha_threshold:
+            return None
+        d_norm = d.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # [N,1]
+
+        def alpha_fn(t_starts, t_ends, ray_indices):
+            pos = o[ray_indices] + d[ray_indices] * ((t_starts + t_ends) * 0.5)[:, None]
+            sdf = self.geometry.forward_field(pos).reshape(-1)
+            half = 0.5 * (t_ends - t_starts) * d_norm[ray_indices, 0]
+            return neus_alpha_upper(sdf, half, self.inv_s.detach())
+
+        return alpha_fn
+
+    def _shade(self, o, d, lights, ray_idx, t_starts, t_ends) -> dict[str, torch.Tensor]:
+        """NeuS opacity from the SDF, then compositing: o, d, lights [N,3], ray_idx [S] in [0, N)."""
         n_rays = o.shape[0]
         d_norm = d.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # [N,1] (t is in units of |d|)
-        alpha_fn = None
-        if self.cfg.prune_alpha_threshold:
-            def alpha_fn(t_starts, t_ends, ray_indices):
-                pos = o[ray_indices] + d[ray_indices] * ((t_starts + t_ends) * 0.5)[:, None]
-                sdf = self.geometry.forward_field(pos).reshape(-1)
-                half = 0.5 * (t_ends - t_starts) * d_norm[ray_indices, 0]
-                return neus_alpha_upper(sdf, half, self.inv_s.detach())
-
-        ray_idx, t_starts, t_ends = march_rays(
-            o, d, self.occupancy_grid.aabb, self.cfg.near_plane, self.cfg.far_plane, self.render_step_size,
-            occupancy_grid=self.occupancy_grid if self.cfg.grid_prune else None,
-            alpha_fn=alpha_fn, alpha_thre=1e-2 if self.cfg.prune_alpha_threshold else 0.0,
-            stratified=self.training and self.cfg.randomized,
-        )
         t_dirs = (d / d_norm)[ray_idx]  # [S,3] unit
         t_mid = (t_starts + t_ends) * 0.5  # [S]
         positions = o[ray_idx] + d[ray_idx] * t_mid[:, None]  # [S,3]
