@@ -8,6 +8,7 @@ import torch
 
 from lift3d.errors import ConfigError, Lift3DError
 from lift3d.guidance import sds
+from lift3d.models import noise_schedule
 from lift3d.models.loading import ModelNotFoundError
 
 
@@ -50,12 +51,15 @@ CAMERAS = {"elevation": torch.tensor([10.0, 70.0]), "azimuth": torch.tensor([5.0
            "camera_distances": torch.tensor([1.5, 2.0])}
 
 
-def direct_eps_cfg(unet, z_t, t, text, scale):
-    """eps_u + s (eps_c - eps_u) from two separate UNet calls (cond rows first in `text`)."""
+def direct_eps_cfg(unet, z_t, t, text, scale, form="threestudio"):
+    """Guided eps from two separate UNet calls (cond rows first in `text`): threestudio's
+    eps_c + s (eps_c - eps_u) (stable-diffusion-guidance's default cfg_form) or eps_u + s (eps_c - eps_u)."""
     B = z_t.shape[0]
     with torch.no_grad():
         eps_c = unet(z_t, t, encoder_hidden_states=text[:B]).sample
         eps_u = unet(z_t, t, encoder_hidden_states=text[B:]).sample
+    if form == "threestudio":
+        return eps_c + scale * (eps_c - eps_u), eps_c, eps_u
     return eps_u + scale * (eps_c - eps_u), eps_c, eps_u
 
 
@@ -99,8 +103,9 @@ def test_single_sample_gradient_is_exactly_the_sds_gradient(guidance, prompt_uti
     assert torch.allclose(latents.grad, (1 - a) * (eps_cfg - noise), atol=1e-5, rtol=1e-4)
 
 
-def test_cfg_order_and_scale(guidance, prompt_utils, reference):
-    """guided_noise is eps_u + s (eps_c - eps_u) with the conditional text first: s = 1 gives eps_c."""
+def test_cfg_order_and_scale(guidance, prompt_utils, reference, tiny_sd_path):
+    """guided_noise is threestudio's eps_c + s (eps_c - eps_u) by default, eps_u + s (eps_c - eps_u) with
+    cfg_form: standard, with the conditional text first: s = 1 (standard) gives eps_c."""
     unet, _ = reference
     gen = torch.Generator().manual_seed(3)
     z_t = torch.randn(2, 4, 8, 8, generator=gen)
@@ -113,6 +118,13 @@ def test_cfg_order_and_scale(guidance, prompt_utils, reference):
     assert not torch.allclose(eps_c, eps_u, atol=1e-4)  # the negative prompt changes the prediction
     assert torch.allclose(sds.classifier_free_guidance(eps_u, eps_c, 1.0), eps_c)
     assert torch.allclose(sds.classifier_free_guidance(eps_u, eps_c, 0.0), eps_u)
+    standard = make_guidance(tiny_sd_path, guidance_scale=7.5, cfg_form="standard")
+    with torch.no_grad():
+        got_standard = standard.guided_noise(z_t, t, text)
+    assert torch.allclose(got_standard, direct_eps_cfg(unet, z_t, t, text, 7.5, "standard")[0], atol=1e-5, rtol=1e-4)
+    # the two forms differ by one unit of guidance: threestudio's s is the standard form's s + 1
+    assert not torch.allclose(got_standard, got, atol=1e-4)
+    assert torch.allclose(got, direct_eps_cfg(unet, z_t, t, text, 8.5, "standard")[0], atol=1e-5, rtol=1e-4)
 
 
 def test_scheduled_step_range_and_grad_clip(tiny_sd_path, prompt_utils):
@@ -169,12 +181,12 @@ def test_x0_and_ddim_recover_the_clean_latent():
     z = torch.randn(3, 4, 8, 8)
     noise = torch.randn(3, 4, 8, 8)
     t = torch.tensor([10, 500, 990])
-    z_t = sds.add_noise(z, noise, t, alphas)
-    assert torch.allclose(sds.predict_x0(z_t, noise, t, alphas), z, atol=1e-4)
-    assert torch.allclose(sds.ddim_step(z_t, noise, t, torch.full_like(t, -1), alphas), z, atol=1e-4)
+    z_t = noise_schedule.add_noise(z, noise, t, alphas)
+    assert torch.allclose(noise_schedule.predict_x0(z_t, noise, t, alphas), z, atol=1e-4)
+    assert torch.allclose(noise_schedule.ddim_step(z_t, noise, t, torch.full_like(t, -1), alphas), z, atol=1e-4)
     # a DDIM step with the true noise lands on the forward-diffused latent at t_prev
     t_prev = torch.tensor([5, 200, 400])
-    assert torch.allclose(sds.ddim_step(z_t, noise, t, t_prev, alphas), sds.add_noise(z, noise, t_prev, alphas), atol=1e-4)
+    assert torch.allclose(noise_schedule.ddim_step(z_t, noise, t, t_prev, alphas), noise_schedule.add_noise(z, noise, t_prev, alphas), atol=1e-4)
 
 
 def test_guidance_eval_images(tiny_sd_path, prompt_utils):
@@ -194,7 +206,7 @@ def test_guidance_eval_images(tiny_sd_path, prompt_utils):
     t = torch.tensor([400, 900])
     text = prompt_utils.get_text_embeddings(CAMERAS["elevation"], CAMERAS["azimuth"])
     eps_fn = lambda z, tt, n: g.guided_noise(z, tt, text)  # noqa: E731
-    images = g.guidance_eval(z_t, t, eps_fn(z_t, t, None), torch.randn_like(z_t), eps_fn, g.decode_latents, image[:2])
+    images = g.guidance_eval(z_t, t, eps_fn(z_t, t, None), torch.randn_like(z_t), eps_fn, g.model.decode_latents, image[:2])
     for key in ("render", "noisy", "x0", "denoised"):
         assert images[key].shape == (2, 64, 64, 3), key
     assert images["t"].tolist() == [400, 900]
@@ -203,13 +215,13 @@ def test_guidance_eval_images(tiny_sd_path, prompt_utils):
 def test_frozen_models_are_plain_attributes(guidance):
     assert not isinstance(guidance, torch.nn.Module)
     assert not any(isinstance(v, torch.nn.Module) for v in vars(guidance).values())
-    assert all(not p.requires_grad for p in guidance.unet.parameters())
-    assert all(not p.requires_grad for p in guidance.vae.parameters())
-    assert guidance.unet.dtype == torch.float32  # CPU: full precision (half_precision_weights: auto)
+    assert all(not p.requires_grad for p in guidance.model.unet.parameters())
+    assert all(not p.requires_grad for p in guidance.model.vae.parameters())
+    assert guidance.model.unet.dtype == torch.float32  # CPU: full precision (half_precision_weights: auto)
 
 
 def test_half_precision_modes():
-    from lift3d.guidance.diffusion_loading import weights_dtype
+    from lift3d.models.frozen import weights_dtype
 
     assert weights_dtype(sds.half_precision_mode("auto"), "cpu") == torch.float32
     assert weights_dtype(sds.half_precision_mode("auto"), "cuda") == torch.float16

@@ -36,11 +36,12 @@ the spec's full size the novel view is 32² and the reference view 64²: a UNet 
 size, so SD is called twice (resizing either latent would change the math). The original code
 instead runs Zero-1-to-3 with CFG and SD with CFG (4B predictions) and discards half.
 
-Models: Zero-1-to-3 from `pretrained_model_name_or_path` (through `zero123_guidance_type`,
-zero123-guidance or stable-zero123-guidance, which this guidance holds for its models, reference
-conditioning and camera embedding), Stable Diffusion from `sd_model_name_or_path` (held as a
-`stable-diffusion-guidance` for its UNet and VAE); the empty-prompt embedding comes from SD's text
-encoder once (cached in `cache_dir`). All frozen, none in checkpoints.
+Models (lift3d.models, frozen, shared with any other component naming the same folder, never in
+checkpoints): Zero-1-to-3 from `pretrained_model_name_or_path` (the model class of
+`zero123_guidance_type`: zero123-guidance -> Zero123, stable-zero123-guidance -> StableZero123, which
+sets the camera embedding), Stable Diffusion from `sd_model_name_or_path`; the empty-prompt embedding
+comes from SD's text encoder once (cached in `cache_dir`). The reference-view inputs reach the step
+as its explicit `extra` argument (lift3d.guidance.sds.distill), evaluated in the step's SD call only.
 """
 from __future__ import annotations
 
@@ -51,10 +52,10 @@ import torch
 from torch import Tensor
 
 from lift3d.errors import ConfigError
-from lift3d.guidance.diffusion_loading import SD_GUIDANCE_FILES, SD_TEXT_FILES, resolve_model
 from lift3d.guidance.sds import (
+    Prediction,
     ScoreDistillationGuidance,
-    add_noise,
+    check_fraction_schedule,
     resize_nchw,
     sample_timesteps,
     sds_gradient,
@@ -62,16 +63,17 @@ from lift3d.guidance.sds import (
     sds_weight,
     timestep_range,
 )
-from lift3d.guidance.stable_diffusion import StableDiffusionGuidance
-from lift3d.guidance.zero123 import Zero123Guidance
+from lift3d.guidance.zero123 import Zero123Guidance, check_reference_config, reference_image
+from lift3d.models.diffusion import same_noise_schedule
+from lift3d.models.frozen import SD_TEXT_FILES, resolve_model
+from lift3d.models.noise_schedule import add_noise
+from lift3d.models.stable_diffusion import StableDiffusion
 from lift3d.registry import find, register
 from lift3d.utils.schedule import C
 
 from .text_guidance import check_lambda
 from .unconditional_text import prompt_embedding
 from .usd_math import USD_UNCONDITIONALS, usd_guided_noise
-
-KEY = "system.guidance"
 
 
 @dataclass
@@ -109,68 +111,57 @@ class USDImageGuidance(ScoreDistillationGuidance):
 
     produces = ("loss_usd", "loss_usd_ref")
     reference_view_losses = ("loss_usd_ref",)
-    SD_WHAT = f"Stable Diffusion for {KEY}.sd_model_name_or_path"
 
     # ------------------------------------------------------------------ config
     @classmethod
-    def validate_config(cls, cfg: Any) -> None:
-        super().validate_config(cfg)
-        check_lambda(cfg.usd_lambda)
+    def validate_config(cls, cfg: Any, path: str = "system.guidance") -> None:
+        super().validate_config(cfg, path)
+        check_lambda(cfg.usd_lambda, f"{path}.usd_lambda")
         if cfg.unconditional not in USD_UNCONDITIONALS:
-            raise ConfigError(f"{KEY}.unconditional '{cfg.unconditional}': use sd (USD) or zero123.")
-        zero123_cls = find(cfg.zero123_guidance_type)
-        if not issubclass(zero123_cls, Zero123Guidance):
-            raise ConfigError(
-                f"{KEY}.zero123_guidance_type '{cfg.zero123_guidance_type}' is not a Zero-1-to-3 guidance: "
-                f"use zero123-guidance or stable-zero123-guidance."
-            )
+            raise ConfigError(f"{path}.unconditional '{cfg.unconditional}': use sd (USD) or zero123.")
         for name in ("reference_min_step_percent", "reference_max_step_percent"):
-            for step in (0, 10**9):
-                try:
-                    value = float(C(cfg[name], 0, step))
-                except (TypeError, ValueError) as exc:
-                    raise ConfigError(f"{KEY}.{name}: {exc}") from None
-                if not 0.0 <= value <= 1.0:
-                    raise ConfigError(f"{KEY}.{name} = {cfg[name]} leaves [0, 1]: give fractions of the 1000 timesteps.")
+            check_fraction_schedule(cfg[name], f"{path}.{name}", "give fractions of the 1000 timesteps.")
         if cfg.reference_resolution is not None and (cfg.reference_resolution < 8 or cfg.reference_resolution % 8):
-            raise ConfigError(f"{KEY}.reference_resolution = {cfg.reference_resolution}: use a multiple of 8 or null.")
-        zero123_cls.validate_config(_sub_config(zero123_cls, cls.zero123_config(cfg)))
-        resolve_model(cfg.sd_model_name_or_path, cls.SD_WHAT, SD_GUIDANCE_FILES)
-        resolve_model(cfg.sd_model_name_or_path, f"Stable Diffusion text encoder for {KEY}.sd_model_name_or_path", SD_TEXT_FILES)
+            raise ConfigError(f"{path}.reference_resolution = {cfg.reference_resolution}: use a multiple of 8 or null.")
+        check_reference_config(cfg, path)
+        cls.zero123_class(cfg, path).resolve(cfg.pretrained_model_name_or_path, f"Zero-1-to-3 for {path}.pretrained_model_name_or_path")
+        StableDiffusion.resolve(cfg.sd_model_name_or_path, f"Stable Diffusion for {path}.sd_model_name_or_path")
+        resolve_model(cfg.sd_model_name_or_path, f"Stable Diffusion text encoder for {path}.sd_model_name_or_path", SD_TEXT_FILES)
 
     @staticmethod
-    def common_config(cfg: Any) -> dict:
-        return {k: cfg[k] for k in ("half_precision_weights", "enable_attention_slicing", "enable_channels_last")}
-
-    @classmethod
-    def zero123_config(cls, cfg: Any) -> dict:
-        keys = ("pretrained_model_name_or_path", "cond_image_path", "cond_elevation_deg", "cond_azimuth_deg",
-                "cond_camera_distance", "cond_background", "guidance_scale", "resolution")
-        return {**{k: cfg[k] for k in keys}, **cls.common_config(cfg)}
-
-    @classmethod
-    def sd_config(cls, cfg: Any) -> dict:
-        return {"pretrained_model_name_or_path": cfg.sd_model_name_or_path, "resolution": cfg.reference_resolution,
-                **cls.common_config(cfg)}
+    def zero123_class(cfg: Any, path: str = "system.guidance") -> type:
+        """The Zero-1-to-3 model class of `zero123_guidance_type` (its camera embedding)."""
+        guidance_cls = find(cfg.zero123_guidance_type)
+        if not issubclass(guidance_cls, Zero123Guidance):
+            raise ConfigError(
+                f"{path}.zero123_guidance_type '{cfg.zero123_guidance_type}' is not a Zero-1-to-3 guidance: "
+                f"use zero123-guidance or stable-zero123-guidance."
+            )
+        return guidance_cls.model_class
 
     # ------------------------------------------------------------------ setup
     def configure(self) -> None:
         self.validate_config(self.cfg)
-        self.zero123: Zero123Guidance = find(self.cfg.zero123_guidance_type)(self.zero123_config(self.cfg))
-        self.sd = StableDiffusionGuidance(self.sd_config(self.cfg))
-        if not torch.allclose(self.zero123.alphas_cumprod, self.sd.alphas_cumprod, atol=1e-6):
+        key = "system.guidance"
+        self.zero123 = self.load_model(self.zero123_class(self.cfg), self.cfg.pretrained_model_name_or_path,
+                                       f"Zero-1-to-3 for {key}.pretrained_model_name_or_path")
+        self.sd = self.load_model(StableDiffusion, self.cfg.sd_model_name_or_path,
+                                  f"Stable Diffusion for {key}.sd_model_name_or_path")
+        if not same_noise_schedule(self.zero123, self.sd):
             raise ConfigError(
-                f"{KEY}: the noise schedules of Zero-1-to-3 ({self.zero123.model_path}) and Stable Diffusion "
-                f"({self.sd.model_path}) differ; USD feeds one noisy latent to both, so they must share SD's schedule."
+                f"{key}: the noise schedules of Zero-1-to-3 ({self.zero123.path}) and Stable Diffusion "
+                f"({self.sd.path}) differ; USD feeds one noisy latent to both, so they must share SD's schedule."
             )
-        self.device, self.weights_dtype = self.zero123.device, self.zero123.weights_dtype
-        self.uncond_embedding = prompt_embedding(self.sd.model_path, self.cfg.cache_dir).to(self.device)  # [1,77,D]
-        self.set_noise_schedule(self.zero123.alphas_cumprod)
+        self.use_model(self.zero123)
+        self.reference_resolution = int(self.cfg.reference_resolution or self.sd.native_resolution)
+        image = reference_image(self.cfg.cond_image_path, self.resolution, self.cfg.cond_background, f"{key}.cond_image_path")
+        self.reference = self.zero123.reference(image)
+        self.uncond_embedding = prompt_embedding(self.sd.path, self.cfg.cache_dir).to(self.device)  # [1,77,D]
 
     def to(self, device: torch.device | str) -> "USDImageGuidance":
-        self.zero123.to(device)
         self.sd.to(device)
-        self.device, self.weights_dtype = self.zero123.device, self.zero123.weights_dtype
+        super().to(device)  # the Zero-1-to-3 model and self.device
+        self.reference = self.reference.to(self.device)
         self.uncond_embedding = self.uncond_embedding.to(self.device)
         return self
 
@@ -184,6 +175,13 @@ class USDImageGuidance(ScoreDistillationGuidance):
             C(self.cfg.reference_max_step_percent, epoch, global_step),
         )
         self.reference_max_step = max(self.reference_max_step, self.reference_min_step)
+
+    def camera_embedding(self, batch: dict[str, Any]) -> Tensor:
+        """T [B,4] of each camera relative to the reference view."""
+        return self.zero123.camera_embedding(
+            batch["elevation"], batch["azimuth"], batch["camera_distances"],
+            self.cfg.cond_elevation_deg, self.cfg.cond_azimuth_deg, self.cfg.cond_camera_distance,
+        )
 
     # ------------------------------------------------------------------ model calls
     def sd_unconditional(self, inputs: list[tuple[Tensor, Tensor]]) -> list[Tensor]:
@@ -208,19 +206,28 @@ class USDImageGuidance(ScoreDistillationGuidance):
         (z [N,4,h',w'], t [N]) computed in the same SD call: one Zero-1-to-3 call, at most one SD call
         per latent size."""
         from_sd = self.cfg.unconditional == "sd"
-        eps_cond, eps_uncond = self.zero123.noise_predictions(z_t, t, camera, with_uncond=not from_sd)
+        eps_cond, eps_uncond = self.zero123.noise_predictions(z_t, t, self.reference, camera, with_uncond=not from_sd)
         sd_inputs = ([(z_t, t)] if from_sd else []) + ([extra_sd] if extra_sd is not None else [])
         sd_eps = self.sd_unconditional(sd_inputs) if sd_inputs else []
         if from_sd:
             eps_uncond = sd_eps.pop(0)
         return eps_cond, eps_uncond, (sd_eps[0] if extra_sd is not None else None)
 
+    def camera_predictor(self, camera: Tensor):
+        """predict(z_t, t, noise, extra): USD's guided noise; `extra` = SD inputs (z [N,4,h',w'], t [N])
+        of the reference term, predicted in the same SD call."""
+        def predict(z_t: Tensor, t: Tensor, noise: Tensor, extra: Optional[tuple[Tensor, Tensor]]) -> Prediction:
+            eps_cond, eps_uncond, eps_extra = self.predictions(z_t, t, camera, extra)
+            return Prediction(usd_guided_noise(eps_cond, eps_uncond, noise, self.guidance_weight, self.usd_lambda), eps_extra)
+
+        return predict
+
     # ------------------------------------------------------------------ the USD step
     def encode_reference(
         self, render: Tensor, image: Tensor, t: Optional[Tensor] = None, noise: Optional[Tensor] = None
     ) -> ReferenceLatents:
         """render, image [Br,H,W,3] in [0,1] -> SD latents at reference_resolution, t_r and shared noise."""
-        size = self.sd.resolution
+        size = self.reference_resolution
         render_latents = self.sd.encode_images(resize_nchw(render.permute(0, 3, 1, 2)[:, :3], size))
         with torch.no_grad():
             target = self.sd.encode_images(resize_nchw(image.detach().permute(0, 3, 1, 2)[:, :3].to(render), size))
@@ -257,21 +264,14 @@ class USDImageGuidance(ScoreDistillationGuidance):
                 z_r = add_noise(reference.render.detach(), reference.noise, reference.t, a)
                 z_in = add_noise(reference.target, reference.noise, reference.t, a)
             extra_sd = (torch.cat([z_r, z_in]), torch.cat([reference.t, reference.t]))
-        reference_eps: list[Tensor] = []
-
-        def eps_fn(z_t: Tensor, tt: Tensor, eps: Tensor) -> Tensor:
-            nonlocal extra_sd
-            eps_cond, eps_uncond, eps_extra = self.predictions(z_t, tt, camera, extra_sd)
-            if eps_extra is not None:  # the reference predictions ride along with the first call only
-                reference_eps.append(eps_extra)
-                extra_sd = None
-            return usd_guided_noise(eps_cond, eps_uncond, eps, self.cfg.guidance_scale, self.usd_lambda)
-
-        out = self.distill(latents, eps_fn, t=t, noise=noise, decode=self.zero123.decode_latents, render=render)
+        predict = self.camera_predictor(camera)
+        step = self.distill(latents, predict, t=t, noise=noise, extra=extra_sd)
+        self.add_guidance_eval(step, predict, render)
+        out = step.out
         out["loss_usd"] = out.pop("loss_sds")
         out["usd_lambda"] = torch.tensor(self.usd_lambda)
         if reference is not None:
-            eps_render, eps_target = reference_eps[0].chunk(2)
+            eps_render, eps_target = step.extra.chunk(2)
             out.update(self.reference_loss(reference, eps_render, eps_target))
         return out
 
@@ -291,21 +291,14 @@ class USDImageGuidance(ScoreDistillationGuidance):
     ) -> dict[str, Any]:
         """image [B,H,W,3]: render of the random views `batch`; reference_out / reference_image: the
         reference view's render and the input image (passed by lift3d-system when lambda_usd_ref > 0)."""
-        x = resize_nchw(image.permute(0, 3, 1, 2)[:, :3], self.zero123.resolution)
-        latents = self.zero123.encode_images(x)  # [B,4,h,w]
+        latents = self.encode(image)  # [B,4,h,w]
         reference = None
         if reference_out is not None:
             if reference_image is None:
                 raise ValueError("usd-image-guidance: reference_out needs reference_image (the input image)")
             reference = self.encode_reference(reference_out["comp_rgb"], reference_image, reference_t, reference_noise)
-        return self.usd_from_latents(latents, self.zero123.camera_embedding(batch), t=t, noise=noise,
+        return self.usd_from_latents(latents, self.camera_embedding(batch), t=t, noise=noise,
                                      reference=reference, render=image)
-
-
-def _sub_config(cls: type, cfg: dict) -> Any:
-    from lift3d.config import parse_structured
-
-    return parse_structured(cls.Config, cfg, KEY, f"guidance '{KEY}'")
 
 
 __all__ = ["ReferenceLatents", "USDImageGuidance"]

@@ -5,6 +5,9 @@ prompt] (the text of each camera's view direction, from `stable-diffusion-prompt
 
     grad = w(t) [ w_cfg (eps_sd(z_t, text) - eps_sd(z_t, "")) + lambda (eps_sd(z_t, "") - eps) ]
 
+with w_cfg the CFG weight of `cfg_form` (threestudio, the default, as in the original code built on
+threestudio: w_cfg = guidance_scale + 1; standard: w_cfg = guidance_scale).
+
 `usd_lambda` is the spec's lambda (`lambda` is a Python keyword), scheduled with C():
 0 = USD (the default), 1 = exactly `stable-diffusion-guidance`'s SDS gradient. Everything else —
 encoding the render with SD's VAE, timesteps, weighting, grad clip, guidance-evaluation images,
@@ -13,12 +16,12 @@ encoding the render with SD's VAE, timesteps, weighting, grad clip, guidance-eva
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from lift3d.errors import ConfigError
+from lift3d.guidance.sds import check_fraction_schedule
 from lift3d.guidance.stable_diffusion import StableDiffusionGuidance
 from lift3d.registry import register
 from lift3d.utils.schedule import C
@@ -28,13 +31,7 @@ from .usd_math import usd_guided_noise
 
 def check_lambda(value: Any, key: str = "system.guidance.usd_lambda") -> None:
     """A ConfigError unless `value` is a C()-schedule of numbers in [0, 1]."""
-    for step in (0, 10**9):
-        try:
-            lam = float(C(value, 0, step))
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{key}: {exc}") from None
-        if not 0.0 <= lam <= 1.0:
-            raise ConfigError(f"{key} = {value} leaves [0, 1]: 0 is USD, 1 is SDS.")
+    check_fraction_schedule(value, key, "0 is USD, 1 is SDS.")
 
 
 @register("usd-text-guidance")
@@ -47,30 +44,21 @@ class USDTextGuidance(StableDiffusionGuidance):
     produces = ("loss_usd",)
 
     @classmethod
-    def validate_config(cls, cfg: Any) -> None:
-        check_lambda(cfg.usd_lambda)
-        super().validate_config(cfg)
+    def validate_config(cls, cfg: Any, path: str = "system.guidance") -> None:
+        check_lambda(cfg.usd_lambda, f"{path}.usd_lambda")
+        super().validate_config(cfg, path)
 
     def update_step(self, epoch: int, global_step: int) -> None:
         super().update_step(epoch, global_step)
         self.usd_lambda = float(C(self.cfg.usd_lambda, epoch, global_step))
 
-    def usd_noise(self, z_t: Tensor, t: Tensor, text_embeddings: Tensor, noise: Tensor) -> Tensor:
+    def guided_noise(self, z_t: Tensor, t: Tensor, text_embeddings: Tensor, noise: Optional[Tensor] = None) -> Tensor:
         """eps_guided of usd_guided_noise from one UNet call on [z_t; z_t]; text_embeddings [2B,77,D] (cond, uncond)."""
-        eps = self.predict_noise(torch.cat([z_t, z_t]), torch.cat([t, t]), text_embeddings)
+        eps = self.model.predict_noise(torch.cat([z_t, z_t]), torch.cat([t, t]), text_embeddings)
         eps_cond, eps_uncond = eps.chunk(2)
-        return usd_guided_noise(eps_cond, eps_uncond, noise, self.cfg.guidance_scale, self.usd_lambda)
+        return usd_guided_noise(eps_cond, eps_uncond, noise, self.guidance_weight, self.usd_lambda)
 
-    def sds_from_latents(
-        self, latents: Tensor, text_embeddings: Tensor, t: Optional[Tensor] = None, noise: Optional[Tensor] = None,
-        render: Optional[Tensor] = None,
-    ) -> dict[str, Any]:
-        """The USD step on latents [B,4,h,w] with text embeddings [2B,77,D] (cond then uncond)."""
-        text_embeddings = text_embeddings.to(latents.device)
-        out = self.distill(
-            latents, lambda z_t, tt, eps: self.usd_noise(z_t, tt, text_embeddings, eps),
-            t=t, noise=noise, decode=self.decode_latents, render=render,
-        )
+    def name_losses(self, out: dict[str, Any]) -> dict[str, Any]:
         out["loss_usd"] = out.pop("loss_sds")
         out["usd_lambda"] = torch.tensor(self.usd_lambda)
         return out

@@ -35,15 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lift3d.errors import ConfigError
-from lift3d.guidance.diffusion_loading import SD_GUIDANCE_FILES, resolve_model
-from lift3d.guidance.sds import (
-    WEIGHTING_STRATEGIES,
-    add_noise,
-    classifier_free_guidance,
-    guidance_eval_grid,
-    resize_nchw,
-    sds_weight,
-)
+from lift3d.guidance.sds import WEIGHTING_STRATEGIES, Prediction, resize_nchw, sds_weight
+from lift3d.models.frozen import SD_GUIDANCE_FILES, resolve_model
 from lift3d.guidance.stable_diffusion import StableDiffusionGuidance, require_text_embeddings
 from lift3d.registry import register
 
@@ -113,9 +106,12 @@ class XDreamerGuidance(StableDiffusionGuidance):
     produces = ("loss_sds", "loss_ama")
 
     # ------------------------------------------------------------------ validation
+    shared_model = False  # CG-LoRA and the attention-map store are installed into this UNet
+
     @classmethod
-    def validate_config(cls, cfg: Any) -> None:
-        super().validate_config(cfg)
+    def validate_config(cls, cfg: Any, path: str = "system.guidance") -> None:
+        super().validate_config(cfg, path)
+        KEY = path
         if cfg.coarse_weighting_strategy not in WEIGHTING_STRATEGIES:
             raise ConfigError(
                 f"{KEY}.coarse_weighting_strategy '{cfg.coarse_weighting_strategy}' is unknown: use one of "
@@ -132,7 +128,7 @@ class XDreamerGuidance(StableDiffusionGuidance):
             raise ConfigError(f"{KEY}.lora_from is set but use_cg_lora=false: nothing would receive the weights.")
         if cfg.lora_from:
             load_lora_state(cfg.lora_from)
-        resolve_model(cfg.pretrained_model_name_or_path, cls.WHAT, XDREAMER_FILES)
+        resolve_model(cfg.pretrained_model_name_or_path, cls.model_what(path), XDREAMER_FILES)
 
     # ------------------------------------------------------------------ setup
     def configure(self) -> None:
@@ -140,9 +136,9 @@ class XDreamerGuidance(StableDiffusionGuidance):
 
         super().configure()  # frozen UNet + VAE, noise schedule, resolutions
         cfg = self.cfg
-        self.tokenizer = CLIPTokenizer.from_pretrained(self.model_path, subfolder="tokenizer")
+        self.tokenizer = CLIPTokenizer.from_pretrained(self.model.path, subfolder="tokenizer")
         self._eos_cache: dict[str, int] = {}
-        unet = self.models.unet
+        unet = self.model.unet
         self.store = AttentionMapStore(last_cross_attention_per_block(unet))
         self.cg_lora: Optional[CGLoRA] = None
         if cfg.use_cg_lora:
@@ -263,41 +259,25 @@ class XDreamerGuidance(StableDiffusionGuidance):
             as_latents = self.cfg.rgb_as_latents if rgb_as_latents is None else rgb_as_latents
             latents = self.get_latents(image, as_latents)  # [B,4,h,w]
         B = latents.shape[0]
-        text = prompt_utils.get_text_embeddings(
-            batch["elevation"], batch["azimuth"], batch.get("camera_distances"), self.cfg.view_dependent_prompting
-        ).to(latents.device)  # [2B,77,D]
+        text = self.text_embeddings(prompt_utils, batch).to(latents.device)  # [2B,77,D]
         eos, e, f = self.conditions(prompt_utils, batch, text)
 
-        ama = self.ama_active() and render_out is not None and "opacity" in render_out
-        track = ama and torch.is_grad_enabled()
-        t = self.sample_timesteps(B, latents.device) if t is None else t.to(latents.device).long()
-        noise = torch.randn_like(latents) if noise is None else noise.to(latents)
-        source = latents if (track and self.cfg.ama_grad_to_latents) else latents.detach()
-        with self.adapted(e, f), torch.set_grad_enabled(track):
-            z_t = add_noise(source, noise, t, self.alphas_cumprod)
-            record = self.store.record(eos[:B]) if ama else contextlib.nullcontext()
-            with record:
-                eps = self.predict_noise(torch.cat([z_t, z_t]), torch.cat([t, t]), text)
-            maps = self.store.ordered_maps() if ama else []
-        eps_cond, eps_uncond = eps.detach().chunk(2)
-        eps_guided = classifier_free_guidance(eps_uncond, eps_cond, self.cfg.guidance_scale)
+        def predict(z_t: Tensor, t: Tensor, noise: Tensor, extra: Any) -> Prediction:
+            with self.adapted(e, f):  # CG-LoRA conditioned on these prompts and cameras
+                eps = self.model.predict_noise(torch.cat([z_t, z_t]), torch.cat([t, t]), text)
+            eps_cond, eps_uncond = eps.chunk(2)
+            return Prediction(self.guide(eps_cond, eps_uncond))
 
-        out: dict[str, Any] = self.sds_from_prediction(latents, eps_guided, noise, t)
-        out["timestep"] = t.detach().float().mean().cpu()
+        # AMA: the step's UNet call runs with autograd and records the conditional rows' EOS maps
+        ama = self.ama_active() and render_out is not None and "opacity" in render_out
+        with (self.store.record(eos[:B]) if ama else contextlib.nullcontext()):
+            step = self.distill(latents, predict, t=t, noise=noise, grad_through_unet=ama,
+                                grad_to_noisy_latents=self.cfg.ama_grad_to_latents)
+            maps = self.store.ordered_maps() if ama else []
+        out = step.out
         out["loss_ama"] = ama_loss(maps, render_out["opacity"]) if ama else torch.zeros((), device=latents.device)
         out["coarse_phase"] = torch.tensor(float(coarse))
-        if self.guidance_eval_due():
-            def eps_fn(z: Tensor, tt: Tensor, _noise: Tensor) -> Tensor:
-                b = z.shape[0]  # the first b samples: rows [0, b) and [B, B + b) of the conditions
-                rows = torch.cat([torch.arange(b), B + torch.arange(b)]).to(text.device)
-                with self.adapted(e[rows], None if f is None else f[rows]):
-                    eps_b = self.predict_noise(torch.cat([z, z]), torch.cat([tt, tt]), text[rows])
-                c, u = eps_b.chunk(2)
-                return classifier_free_guidance(u, c, self.cfg.guidance_scale)
-
-            images = self.guidance_eval(z_t.detach(), t, eps_guided, noise, eps_fn, self.decode_latents,
-                                        None if as_latents else image)
-            out["guidance_eval"] = guidance_eval_grid(images)
+        self.add_guidance_eval(step, predict, None if as_latents else image)
         return out
 
 

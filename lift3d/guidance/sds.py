@@ -1,12 +1,18 @@
-"""Score distillation sampling (SDS): the math every diffusion guidance shares.
+"""Score distillation: the one distillation step every diffusion guidance uses.
 
-DreamFusion's SDS gradient on the latents z of a render, for a sampled timestep t and noise eps:
+DreamFusion's SDS gradient (Poole et al., arXiv 2209.14988 §3.2, eq. 3) on the latents z of a render,
+for a sampled timestep t and noise eps, with a frozen model of lift3d.models:
 
-    z_t   = sqrt(alphabar_t) z + sqrt(1 - alphabar_t) eps                       (forward diffusion)
-    eps_cfg = eps_uncond + s * (eps_cond - eps_uncond)                           (classifier-free guidance)
-    grad  = w(t) * (eps_cfg - eps)                                               (no backprop through the UNet)
+    z_t     = sqrt(alphabar_t) z + sqrt(1 - alphabar_t) eps                      (forward diffusion)
+    eps_cfg = eps_u + w_cfg (eps_c - eps_u)                                      (classifier-free guidance)
+    grad    = w(t) * (eps_cfg - eps)                                             (no backprop through the UNet)
 
-with the weighting w(t) of `weighting_strategy` (docs/methods/usd.md §1):
+`cfg_form` (docs/faithfulness.md): `standard` uses w_cfg = s = `guidance_scale` (Ho & Salimans,
+arXiv 2207.12598 eq. 6; diffusers; threestudio's Zero-1-to-3 guidance); `threestudio` computes
+eps_c + s (eps_c - eps_u) = eps_u + (s + 1)(eps_c - eps_u), as threestudio's Stable Diffusion
+guidance does, so ported configs run at the same strength.
+
+The weighting w(t) of `weighting_strategy` (docs/methods/usd.md §1):
     sds         w = 1 - alphabar_t
     uniform     w = 1
     fantasia3d  w = alphabar_t ** 0.5 * (1 - alphabar_t)
@@ -18,12 +24,13 @@ The gradient is applied through the reparameterised loss
 so that d loss_sds / d z_b = grad_b / B (the batch mean of the per-sample SDS gradients; with
 B = 1, exactly grad). `grad_clip` clamps grad element-wise to [-clip, clip] before that.
 
-This module holds the pure functions (timestep range and sampling, weighting, forward diffusion,
-x0 prediction, a DDIM step, CFG, gradient, loss) and `ScoreDistillationGuidance`, a guidance base
-class with the config keys, `C()`-scheduled timestep range and grad clip (evaluated in
-`update_step`), the distillation step and the guidance-evaluation images. Guidances such as
-`stable-diffusion-guidance`, `zero123-guidance` and USD compose it: they encode images to latents
-and provide a noise predictor; the SDS bookkeeping lives here once.
+`ScoreDistillationGuidance.distill(latents, predict, ...)` is that step, once, for every guidance
+(SDS, Zero-1-to-3, USD image and text, X-Dreamer). A guidance supplies `predict(z_t, t, noise, extra)
+-> Prediction`: the guided noise, and the predictions of `extra` noisy inputs it asked to have
+evaluated in the same call (USD's reference-view term); `extra` is an explicit argument, passed to
+the step's own call and never to the guidance-evaluation calls. `grad_through_unet=True` runs the
+call with autograd (X-Dreamer's CG-LoRA and attention-map loss train through it); the SDS term
+still uses the detached prediction. The noise-schedule math lives in lift3d.models.noise_schedule.
 """
 from __future__ import annotations
 
@@ -36,12 +43,38 @@ from torch import Tensor
 
 from lift3d.errors import ConfigError
 from lift3d.guidance.base import BaseGuidance
+from lift3d.models.cfg import CFG_FORMS, cfg_weight, classifier_free_guidance
+from lift3d.models.diffusion import DiffusionModel
+from lift3d.models.frozen import half_precision_mode
+from lift3d.models.noise_schedule import add_noise, ddim_step, predict_x0
 from lift3d.utils.schedule import C
 
 WEIGHTING_STRATEGIES = ("sds", "uniform", "fantasia3d")
 
-# eps_fn(z_t [B,4,h,w], t [B] long, noise [B,4,h,w]) -> guided noise prediction [B,4,h,w]
-NoisePredictor = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+@dataclass
+class Prediction:
+    """What a guidance's predictor returns for z_t [B,C,h,w]: the guided noise [B,C,h,w] and, when the
+    step passed `extra` inputs, their predictions (in the guidance's own layout)."""
+
+    guided: Tensor
+    extra: Any = None
+
+
+# predict(z_t [B,C,h,w], t [B] long, noise [B,C,h,w], extra or None) -> Prediction
+Predictor = Callable[[Tensor, Tensor, Tensor, Any], Prediction]
+
+
+@dataclass
+class DistillStep:
+    """One score-distillation step: the losses / logged scalars, and what guidance evaluation needs."""
+
+    out: dict[str, Any]
+    z_t: Tensor  # [B,C,h,w] (detached)
+    t: Tensor  # [B] long
+    noise: Tensor  # [B,C,h,w]
+    eps_guided: Tensor  # [B,C,h,w] (detached)
+    extra: Any = None  # Prediction.extra of the step's call
 
 
 # ---------------------------------------------------------------------------------- pure functions
@@ -60,12 +93,6 @@ def sample_timesteps(
     return t.to(device)
 
 
-def _gather(alphas_cumprod: Tensor, t: Tensor, like: Tensor) -> Tensor:
-    """alphabar_t [B] broadcast to like's shape [B,1,1,1] (like's dtype and device)."""
-    a = alphas_cumprod.to(device=like.device)[t.to(like.device).long()]
-    return a.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
-
-
 def sds_weight(alphas_cumprod: Tensor, t: Tensor, strategy: str) -> Tensor:
     """w(t) [B] of a weighting strategy (see the module docstring); float32 on t's device."""
     a = alphas_cumprod.to(t.device, torch.float32)[t.long()]
@@ -76,31 +103,6 @@ def sds_weight(alphas_cumprod: Tensor, t: Tensor, strategy: str) -> Tensor:
     if strategy == "fantasia3d":
         return a**0.5 * (1.0 - a)
     raise ValueError(f"unknown weighting_strategy {strategy!r}; use one of {', '.join(WEIGHTING_STRATEGIES)}")
-
-
-def add_noise(z: Tensor, noise: Tensor, t: Tensor, alphas_cumprod: Tensor) -> Tensor:
-    """Forward diffusion z_t = sqrt(alphabar_t) z + sqrt(1 - alphabar_t) noise; z, noise [B,C,h,w]."""
-    a = _gather(alphas_cumprod, t, z)
-    return a.sqrt() * z + (1.0 - a).sqrt() * noise
-
-
-def predict_x0(z_t: Tensor, eps: Tensor, t: Tensor, alphas_cumprod: Tensor) -> Tensor:
-    """One-step estimate of the clean latent: x0 = (z_t - sqrt(1 - alphabar_t) eps) / sqrt(alphabar_t)."""
-    a = _gather(alphas_cumprod, t, z_t)
-    return (z_t - (1.0 - a).sqrt() * eps) / a.sqrt()
-
-
-def ddim_step(z_t: Tensor, eps: Tensor, t: Tensor, t_prev: Tensor, alphas_cumprod: Tensor) -> Tensor:
-    """Deterministic DDIM step from t to t_prev (< t; t_prev = -1 means alphabar = 1, the clean latent)."""
-    x0 = predict_x0(z_t, eps, t, alphas_cumprod)
-    ac = torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod])  # index shifted by one: -1 -> 1.0
-    a_prev = _gather(ac, t_prev + 1, z_t)
-    return a_prev.sqrt() * x0 + (1.0 - a_prev).sqrt() * eps
-
-
-def classifier_free_guidance(eps_uncond: Tensor, eps_cond: Tensor, guidance_scale: float) -> Tensor:
-    """eps_uncond + s * (eps_cond - eps_uncond)."""
-    return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
 
 
 def sds_gradient(eps_guided: Tensor, noise: Tensor, weight: Tensor, grad_clip: Optional[float] = None) -> Tensor:
@@ -127,17 +129,19 @@ def resize_nchw(x: Tensor, size: int) -> Tensor:
 
 # ---------------------------------------------------------------------------------- the base class
 class ScoreDistillationGuidance(BaseGuidance):
-    """Shared config, step-dependent state and the SDS step of diffusion guidances.
+    """A frozen diffusion model (`self.model`, lift3d.models) plus a distillation rule.
 
-    Subclasses load their models in `configure()`, call `set_noise_schedule(alphas_cumprod)`,
-    and in `__call__` encode the render to latents and call `distill(latents, eps_fn, decode)`.
-    Frozen models must be held outside nn.Module children (see `FrozenModels`).
+    Subclasses load their model in `configure()` with `self.load_model(ModelClass, name, what)` and
+    `self.use_model(model)`, and in `__call__` encode the render (`self.model.encode_images`) and call
+    `self.distill(latents, predict)`; `self.guidance_eval_images(step, predict, render)` adds the
+    guidance-evaluation grid when it is due.
     """
 
     @dataclass
     class Config(BaseGuidance.Config):
         pretrained_model_name_or_path: str = ""
         guidance_scale: float = 100.0
+        cfg_form: str = "standard"  # standard: eps_u + s (eps_c - eps_u) | threestudio: eps_c + s (eps_c - eps_u)
         weighting_strategy: str = "sds"  # sds | uniform | fantasia3d
         min_step_percent: Any = 0.02  # scheduled with C()
         max_step_percent: Any = 0.98  # scheduled with C()
@@ -158,32 +162,64 @@ class ScoreDistillationGuidance(BaseGuidance):
 
     # ------------------------------------------------------------------ validation
     @classmethod
-    def validate_config(cls, cfg: Any) -> None:
-        key = "system.guidance"
+    def validate_config(cls, cfg: Any, path: str = "system.guidance") -> None:
+        key = path
         if cfg.weighting_strategy not in WEIGHTING_STRATEGIES:
             raise ConfigError(
                 f"{key}.weighting_strategy '{cfg.weighting_strategy}' is unknown: use one of "
                 f"{', '.join(WEIGHTING_STRATEGIES)}."
             )
+        if cfg.cfg_form not in CFG_FORMS:
+            raise ConfigError(f"{key}.cfg_form '{cfg.cfg_form}' is unknown: use one of {', '.join(CFG_FORMS)} "
+                              f"(docs/faithfulness.md).")
         for name in ("min_step_percent", "max_step_percent"):
-            for step in (0, 10**9):
-                try:
-                    value = C(cfg[name], 0, step)
-                except (TypeError, ValueError) as exc:
-                    raise ConfigError(f"{key}.{name}: {exc}") from None
-                if not 0.0 <= float(value) <= 1.0:
-                    raise ConfigError(f"{key}.{name} = {cfg[name]} leaves [0, 1]: give fractions of the 1000 timesteps.")
+            check_fraction_schedule(cfg[name], f"{key}.{name}", "give fractions of the 1000 timesteps.")
         try:
             C(cfg.grad_clip, 0, 0)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{key}.grad_clip: {exc}") from None
         if cfg.resolution is not None and (cfg.resolution < 8 or cfg.resolution % 8):
             raise ConfigError(f"{key}.resolution = {cfg.resolution}: use a multiple of 8 (the VAE downsamples by 8) or null.")
-        half_precision_mode(cfg.half_precision_weights)
+        half_precision_mode(cfg.half_precision_weights, f"{key}.half_precision_weights")
         if cfg.guidance_eval_interval < 0 or cfg.guidance_eval_steps < 1:
             raise ConfigError(f"{key}.guidance_eval_interval must be >= 0 and guidance_eval_steps >= 1.")
 
-    # ------------------------------------------------------------------ setup
+    # ------------------------------------------------------------------ the model
+    def load_model(self, model_cls: type, name_or_path: str, what: str, shared: bool = True, **kwargs: Any) -> Any:
+        """`model_cls.load` with this guidance's precision and memory options."""
+        return model_cls.load(
+            name_or_path, what, half_precision_weights=self.cfg.half_precision_weights,
+            enable_attention_slicing=self.cfg.enable_attention_slicing,
+            enable_channels_last=self.cfg.enable_channels_last, shared=shared, **kwargs,
+        )
+
+    def use_model(self, model: DiffusionModel) -> None:
+        """Distil `model`: its noise schedule and its input size (cfg.resolution or the native one)."""
+        self.model = model
+        self.device = model.device
+        self.resolution = int(self.cfg.resolution or model.native_resolution)
+        self.latent_resolution = self.resolution // model.downsample
+        self.set_noise_schedule(model.alphas_cumprod)
+
+    def to(self, device: torch.device | str) -> "ScoreDistillationGuidance":
+        self.model.to(device)
+        self.device = self.model.device
+        return self
+
+    def encode(self, image: Tensor) -> Tensor:
+        """A render [B,H,W,C] in [0,1] -> the model's latents [B,4,res/8,res/8] (differentiable)."""
+        return self.model.encode_images(resize_nchw(image.permute(0, 3, 1, 2)[:, :3], self.resolution))
+
+    def guide(self, eps_cond: Tensor, eps_uncond: Tensor) -> Tensor:
+        """Classifier-free guidance of this guidance's scale and `cfg_form`."""
+        return classifier_free_guidance(eps_uncond, eps_cond, self.guidance_weight)
+
+    @property
+    def guidance_weight(self) -> float:
+        """w of eps_u + w (eps_c - eps_u): guidance_scale in this guidance's `cfg_form`."""
+        return cfg_weight(self.cfg.guidance_scale, self.cfg.cfg_form)
+
+    # ------------------------------------------------------------------ step-dependent state
     def set_noise_schedule(self, alphas_cumprod: Tensor) -> None:
         """The DDPM schedule of the model (alphabar_t for t = 0..T-1), kept in float32."""
         self.alphas_cumprod = alphas_cumprod.detach().to(torch.float32).cpu()
@@ -203,7 +239,7 @@ class ScoreDistillationGuidance(BaseGuidance):
         clip = C(self.cfg.grad_clip, epoch, global_step) if self.cfg.grad_clip is not None else None
         self.grad_clip_val: Optional[float] = None if clip is None else float(clip)
 
-    # ------------------------------------------------------------------ SDS
+    # ------------------------------------------------------------------ the distillation step
     def sample_timesteps(self, batch_size: int, device: torch.device | str) -> Tensor:
         return sample_timesteps(batch_size, self.min_step, self.max_step, device)
 
@@ -223,36 +259,47 @@ class ScoreDistillationGuidance(BaseGuidance):
     def distill(
         self,
         latents: Tensor,
-        eps_fn: NoisePredictor,
+        predict: Predictor,
         t: Optional[Tensor] = None,
         noise: Optional[Tensor] = None,
-        decode: Optional[Callable[[Tensor], Tensor]] = None,
-        render: Optional[Tensor] = None,
-    ) -> dict[str, Any]:
-        """One SDS step on `latents` [B,4,h,w] (differentiable).
+        extra: Any = None,
+        grad_through_unet: bool = False,
+        grad_to_noisy_latents: bool = False,
+    ) -> DistillStep:
+        """One SDS step on `latents` [B,C,h,w] (differentiable); see the module docstring.
 
-        eps_fn(z_t, t, noise) returns the guided noise prediction (no gradient is taken through it);
-        t [B] and noise default to U{min_step..max_step} and N(0, I). When guidance evaluation is
-        due (see `guidance_eval_interval`) and `decode` (latents -> [B,H,W,3] in [0,1]) is given, the
-        result also holds "guidance_eval": an image grid [rows*H, 4*W, 3] (render | noisy | x0 | denoised).
+        t [B] and noise default to U{min_step..max_step} and N(0, I). `extra` is handed to this
+        step's `predict` call (and only to it); its predictions come back in `DistillStep.extra`.
+        grad_through_unet: the predictor runs with autograd (z_t detached from the latents unless
+        grad_to_noisy_latents); the SDS loss uses the detached guided noise either way.
         """
         B = latents.shape[0]
         t = self.sample_timesteps(B, latents.device) if t is None else t.to(latents.device).long()
         noise = torch.randn_like(latents) if noise is None else noise.to(latents)
-        with torch.no_grad():
-            z_t = add_noise(latents.detach(), noise, t, self.alphas_cumprod)
-            eps_guided = eps_fn(z_t, t, noise)
+        track = grad_through_unet and torch.is_grad_enabled()
+        with torch.set_grad_enabled(track):
+            source = latents if (track and grad_to_noisy_latents) else latents.detach()
+            z_t = add_noise(source, noise, t, self.alphas_cumprod)
+            prediction = predict(z_t, t, noise, extra)
+        eps_guided = prediction.guided.detach()
         out: dict[str, Any] = self.sds_from_prediction(latents, eps_guided, noise, t)
         out["timestep"] = t.detach().float().mean().cpu()
-        if decode is not None and self.guidance_eval_due():
-            images = self.guidance_eval(z_t, t, eps_guided, noise, eps_fn, decode, render)
-            out["guidance_eval"] = guidance_eval_grid(images)
-        return out
+        return DistillStep(out, z_t.detach(), t, noise, eps_guided, prediction.extra)
 
     # ------------------------------------------------------------------ guidance evaluation
     def guidance_eval_due(self) -> bool:
         interval = self.cfg.guidance_eval_interval
         return interval > 0 and self.global_step % interval == 0
+
+    def add_guidance_eval(self, step: DistillStep, predict: Predictor, render: Optional[Tensor] = None,
+                          decode: Optional[Callable[[Tensor], Tensor]] = None) -> None:
+        """When due, step.out["guidance_eval"] = the grid [rows*H, 4*W, 3] (render | noisy | x0 | denoised)."""
+        if not self.guidance_eval_due():
+            return
+        images = self.guidance_eval(step.z_t, step.t, step.eps_guided, step.noise,
+                                    lambda z, tt, n: predict(z, tt, n, None).guided,
+                                    decode or self.model.decode_latents, render)
+        step.out["guidance_eval"] = guidance_eval_grid(images)
 
     @torch.no_grad()
     def guidance_eval(
@@ -261,7 +308,7 @@ class ScoreDistillationGuidance(BaseGuidance):
         t: Tensor,
         eps_guided: Tensor,
         noise: Tensor,
-        eps_fn: NoisePredictor,
+        eps_fn: Callable[[Tensor, Tensor, Tensor], Tensor],
         decode: Callable[[Tensor], Tensor],
         render: Optional[Tensor] = None,
     ) -> dict[str, Tensor]:
@@ -270,7 +317,7 @@ class ScoreDistillationGuidance(BaseGuidance):
         Returns images [b,H,W,3] in [0,1] (b <= guidance_eval_max_samples): "render" (when given,
         resized to the decoded size), "noisy" (z_t decoded), "x0" (one-step estimate of the clean
         latent from eps_guided), "denoised" (DDIM from t to 0 in guidance_eval_steps steps with
-        eps_fn); and "t" [b].
+        eps_fn(z, t, noise)); and "t" [b].
         """
         b = min(z_t.shape[0], self.cfg.guidance_eval_max_samples)
         n = self.cfg.guidance_eval_steps
@@ -300,27 +347,28 @@ def guidance_eval_grid(images: dict[str, Tensor]) -> Tensor:
     return torch.cat(rows, dim=0).clamp(0, 1)
 
 
-def half_precision_mode(value: Any) -> str:
-    """'auto' | 'true' | 'false' from a config value (bool or string); ConfigError otherwise."""
-    text = str(value).strip().lower()
-    if text in ("auto", "none", "null"):
-        return "auto"
-    if text in ("true", "1", "yes", "fp16", "half"):
-        return "true"
-    if text in ("false", "0", "no", "fp32", "float32"):
-        return "false"
-    raise ConfigError(f"system.guidance.half_precision_weights = {value!r}: use auto, true or false.")
+def check_fraction_schedule(value: Any, key: str, hint: str) -> None:
+    """A ConfigError unless `value` is a C()-schedule of numbers in [0, 1] (at its first and last step)."""
+    for step in (0, 10**9):
+        try:
+            number = float(C(value, 0, step))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+        if not 0.0 <= number <= 1.0:
+            raise ConfigError(f"{key} = {value} leaves [0, 1]: {hint}")
 
 
 __all__ = [
-    "WEIGHTING_STRATEGIES",
+    "CFG_FORMS",
+    "DistillStep",
+    "Prediction",
+    "Predictor",
     "ScoreDistillationGuidance",
-    "add_noise",
+    "WEIGHTING_STRATEGIES",
+    "cfg_weight",
+    "check_fraction_schedule",
     "classifier_free_guidance",
-    "ddim_step",
     "guidance_eval_grid",
-    "half_precision_mode",
-    "predict_x0",
     "resize_nchw",
     "sample_timesteps",
     "sds_gradient",

@@ -292,7 +292,77 @@ def make_tiny_zero123(out_dir: PathLike, seed: int = 0) -> Path:
     )
 
 
-FACTORIES = {"sd": make_tiny_sd, "zero123": make_tiny_zero123}
+def make_tiny_sd_depth(out_dir: PathLike, seed: int = 0) -> Path:
+    """A stable-diffusion-2-depth-shaped folder: make_tiny_sd with a 5-channel UNet (latents + depth).
+
+    The published folder also holds the DPT depth estimator that its pipeline uses on photos; lift3d
+    conditions on depth it renders itself, so the tiny folder leaves it out (model_index.json lists
+    what is there)."""
+    import json
+
+    import torch
+
+    out = make_tiny_sd(out_dir, seed=seed)
+    with torch.random.fork_rng(devices=[]):
+        unet = _tiny_unet(seed + 11, in_channels=5, cross_attention_dim=TINY_WIDTH, sd2_style=True)
+    unet.save_pretrained(out / "unet")
+    index = json.loads((out / "model_index.json").read_text())
+    index["_class_name"] = "StableDiffusionDepth2ImgPipeline"
+    for name in ("safety_checker", "feature_extractor", "requires_safety_checker", "image_encoder"):
+        index.pop(name, None)
+    (out / "model_index.json").write_text(json.dumps(index, indent=2))
+    return out
+
+
+def make_tiny_controlnet(out_dir: PathLike, sd_folder: PathLike, seed: int = 0) -> Path:
+    """A ControlNetModel folder (config.json + weights, the lllyasviel/sd-controlnet-* layout) built from
+    the tiny SD's UNet (ControlNet copies the encoder half; arXiv 2302.05543 §3.2), with random zero-conv
+    weights so that it acts. Its conditioning image is 64² (3 stride-2 convs down to the 8² latents)."""
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(str(sd_folder), subfolder="unet")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 32, 32))
+        with torch.no_grad():  # zero convolutions start at 0 in training; a trained one is not 0
+            for name, p in controlnet.named_parameters():
+                if "zero_conv" in name or "controlnet_down_blocks" in name or "controlnet_mid_block" in name:
+                    p.normal_(0.0, 0.05)
+    out = Path(out_dir)
+    controlnet.save_pretrained(out)
+    return out
+
+
+def make_tiny_deepfloyd_if(out_dir: PathLike, seed: int = 0) -> Path:
+    """A DeepFloyd/IF-I-XL-v1.0-shaped folder (unet + scheduler) with random weights: 16² RGB pixels,
+    6 output channels (noise, variance), text embeddings [B,77,16] (a tiny T5 width) projected by
+    `encoder_hid_proj`; IF's cosine schedule with learned-range variance."""
+    import json
+
+    import torch
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            sample_size=16, in_channels=3, out_channels=6, layers_per_block=1, block_out_channels=(32, 64),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=TINY_WIDTH, encoder_hid_dim=16, attention_head_dim=8, norm_num_groups=32,
+        )
+    unet.save_pretrained(out / "unet")
+    DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", variance_type="learned_range",
+                  prediction_type="epsilon").save_pretrained(out / "scheduler")
+    index = {"_class_name": "IFPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
+             "scheduler": ["diffusers", "DDPMScheduler"]}
+    (out / "model_index.json").write_text(json.dumps(index, indent=2))
+    return out
+
+
+FACTORIES = {"sd": make_tiny_sd, "zero123": make_tiny_zero123, "sd-depth": make_tiny_sd_depth,
+             "deepfloyd-if": make_tiny_deepfloyd_if}
 
 
 def folder_size_bytes(folder: PathLike) -> int:
@@ -305,7 +375,7 @@ def main(argv=None) -> int:
         description="Write a tiny random-weight diffusion model folder in the real model's layout.",
     )
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--kind", required=True, choices=sorted(FACTORIES), help="sd (SD 2.1-base layout) or zero123")
+    parser.add_argument("--kind", required=True, choices=sorted(FACTORIES), help="sd (SD 2.1-base layout), sd-depth, zero123 or deepfloyd-if")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     start = time.perf_counter()

@@ -4,7 +4,7 @@ to a refined multi-view dataset and a NeuS mesh, as one resumable command:
     python -m custom.usd.view_distillation --config custom/usd/configs/usd-view-distillation.yaml run=<trial>
 
 Modules (one concept each):
-- (lift3d/guidance/ddim.py  deterministic DDIM from any timestep; per-sample seeded noise)
+- (lift3d/models/ddim.py  deterministic DDIM from any timestep; per-sample seeded noise)
 - rectified_sampler.py  Zero-1-to-3 novel views with CFG against SD's unconditional noise (§4.3)
 - class_images.py       SD class images for prior preservation (§4.2)
 - dreambooth_lora.py    DreamBooth-LoRA with peft on the UNet attention, prior-preservation loss (§4.2)

@@ -13,18 +13,18 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from lift3d.guidance.ddim import NUM_TRAIN_TIMESTEPS, ddim_sample, ddim_timesteps, seeded_noise
-from lift3d.guidance.stable_diffusion import StableDiffusionGuidance
+from lift3d.models.ddim import NUM_TRAIN_TIMESTEPS, ddim_sample, ddim_timesteps, seeded_noise
+from .sd_models import SamplingModel
 from lift3d.utils.saving import save_image
 
 
 @torch.no_grad()
 def sample_text_to_image(
-    sd: StableDiffusionGuidance, prompt_embedding: Tensor, negative_embedding: Tensor, seeds: list[int],
+    sd: SamplingModel, prompt_embedding: Tensor, negative_embedding: Tensor, seeds: list[int],
     num_steps: int,
 ) -> Tensor:
     """Images [b,H,W,3] in [0,1] for prompt / negative embeddings [1,77,D], one per seed (CFG scale:
-    sd.cfg.guidance_scale)."""
+    sd.guidance_scale)."""
     b, res = len(seeds), sd.latent_resolution
     text = torch.cat([prompt_embedding.expand(b, -1, -1), negative_embedding.expand(b, -1, -1)]).to(sd.device)
     z = seeded_noise((4, res, res), seeds, sd.device)  # [b,4,h,w]
@@ -34,7 +34,7 @@ def sample_text_to_image(
 
 
 def write_class_images(
-    sd: StableDiffusionGuidance, prompt_embedding: Tensor, negative_embedding: Tensor, out_dir: Path,
+    sd: SamplingModel, prompt_embedding: Tensor, negative_embedding: Tensor, out_dir: Path,
     num_images: int, num_steps: int = 50, seed: int = 0, batch_size: int = 4, progress: Optional[Callable] = None,
 ) -> list[Path]:
     """Samples the class images into out_dir/0000.png, ...; returns their paths."""

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from lift3d.config import check_keys, check_mandatory, parse_overrides, parse_structured
 from lift3d.data.image_io import read_rgba
 from lift3d.errors import ConfigError
-from lift3d.guidance.diffusion_loading import SD_GUIDANCE_FILES, SD_TEXT_FILES, ZERO123_FILES, resolve_model
+from lift3d.models.frozen import SD_GUIDANCE_FILES, SD_TEXT_FILES, ZERO123_FILES, resolve_model
 from lift3d.utils.paths import REPO_ROOT
 from lift3d.utils.rgba_dataset import test_pass_datasets
 

@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lift3d.guidance.sds import add_noise
-from lift3d.guidance.stable_diffusion import StableDiffusionGuidance
+from lift3d.models.noise_schedule import add_noise
+from .sd_models import SamplingModel
 
 from .sd_models import load_rgb_on_white, resize_hw
 
@@ -104,7 +104,7 @@ def load_lora(unet: torch.nn.Module, folder: Path) -> None:
 
 
 @torch.no_grad()
-def encode_image_files(sd: StableDiffusionGuidance, paths: Sequence[Path], batch_size: int = 4) -> Tensor:
+def encode_image_files(sd: SamplingModel, paths: Sequence[Path], batch_size: int = 4) -> Tensor:
     """Images (composited on white) resized to SD's resolution -> latents [N,4,h,w] (posterior mean)."""
     latents = []
     for start in range(0, len(paths), batch_size):
@@ -115,7 +115,7 @@ def encode_image_files(sd: StableDiffusionGuidance, paths: Sequence[Path], batch
 
 
 def train_lora(
-    sd: StableDiffusionGuidance,
+    sd: SamplingModel,
     params: list[torch.nn.Parameter],
     instances: TrainingSet,
     prior: TrainingSet,

@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional
 from omegaconf import OmegaConf
 
 from lift3d.errors import Lift3DError
-from lift3d.guidance.diffusion_loading import free_memory
+from lift3d.models.frozen import free_memory
 from lift3d.utils.paths import REPO_ROOT
 from lift3d.utils.saving import save_image
 

@@ -7,11 +7,11 @@ prediction on the same noisy latent instead:
     eps = w (eps_zero123(z_t, c, p) - eps_sd(z_t, "")) + eps_sd(z_t, "")
 
 c = the input image (composited on white), p = the relative camera T = [Δpolar, sin Δaz, cos Δaz,
-Δradius] of the target view with respect to the reference camera. It is USD's pair of predictions
-(`usd-image-guidance.predictions`: one Zero-1-to-3 call with the conditional branch only, one SD
-call with the empty prompt) combined by plain CFG, so the models, the reference conditioning, the
-camera embedding and the batching are the guidance's — nothing is re-implemented here. Sampling is
-deterministic DDIM (lift3d/guidance/ddim.py) from t = 999 in `num_steps` steps; view i starts from noise seeded
+Δradius] of the target view with respect to the reference camera. The two predictions come from
+the frozen models of lift3d.models (Zero-1-to-3's conditional branch only, SD with the empty prompt),
+combined by plain CFG: the models, the reference conditioning and the camera embedding are the
+models' own, the same ones `usd-image-guidance` distils. Sampling is
+deterministic DDIM (lift3d/models/ddim.py) from t = 999 in `num_steps` steps; view i starts from noise seeded
 with seed + i, so a view does not depend on the batch size.
 """
 from __future__ import annotations
@@ -21,10 +21,13 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
-from lift3d.guidance.ddim import NUM_TRAIN_TIMESTEPS, ddim_sample, ddim_timesteps, seeded_noise
-from lift3d.guidance.sds import classifier_free_guidance
+from lift3d.models.ddim import NUM_TRAIN_TIMESTEPS, ddim_sample, ddim_timesteps, seeded_noise
+from lift3d.guidance.zero123 import reference_image
+from lift3d.models.cfg import classifier_free_guidance
+from lift3d.models.stable_diffusion import StableDiffusion
+from lift3d.registry import find
 
-from ..image_guidance import USDImageGuidance
+from ..unconditional_text import prompt_embedding
 
 
 class RectifiedZero123Sampler:
@@ -43,41 +46,34 @@ class RectifiedZero123Sampler:
         cache_dir: str = ".cache/text_embeddings",
     ) -> None:
         self.guidance_scale = float(guidance_scale)
-        # USD's image guidance holds Zero-1-to-3 (with the input image's conditioning) and SD's
-        # UNet + empty-prompt embedding; its timestep settings are unused here.
-        self.usd = USDImageGuidance({
-            "pretrained_model_name_or_path": str(zero123_path),
-            "zero123_guidance_type": zero123_guidance_type,
-            "sd_model_name_or_path": str(sd_path),
-            "cond_image_path": str(image_path),
-            "cond_elevation_deg": float(reference_elevation_deg),
-            "cond_azimuth_deg": float(reference_azimuth_deg),
-            "cond_camera_distance": float(reference_camera_distance),
-            "guidance_scale": self.guidance_scale,
-            "unconditional": "sd",
-            "resolution": resolution,
-            "half_precision_weights": half_precision_weights,
-            "cache_dir": str(cache_dir),
-        })
-        self.zero123 = self.usd.zero123
-        self.device = self.usd.device
+        self.reference_camera = (float(reference_elevation_deg), float(reference_azimuth_deg),
+                                 float(reference_camera_distance))
+        zero123_cls = find(zero123_guidance_type).model_class  # Zero123 or StableZero123 (camera embedding)
+        self.zero123 = zero123_cls.load(zero123_path, "Zero-1-to-3", half_precision_weights=half_precision_weights)
+        self.sd = StableDiffusion.load(sd_path, "Stable Diffusion", half_precision_weights=half_precision_weights)
+        self.device = self.zero123.device
         self.alphas_cumprod = self.zero123.alphas_cumprod
+        self.resolution = int(resolution or self.zero123.native_resolution)
+        self.latent_resolution = self.resolution // self.zero123.downsample
+        self.reference = self.zero123.reference(reference_image(str(image_path), self.resolution, None, "image_path"))
+        self.uncond_embedding = prompt_embedding(self.sd.path, str(cache_dir)).to(self.device)  # [1,77,D]
 
     # ------------------------------------------------------------------ cameras
     def relative_cameras(self, elevation_deg: Sequence[float], azimuth_deg: Sequence[float],
                          camera_distance: Sequence[float]) -> Tensor:
         """T [N,4] of absolute target cameras (degrees, lift3d's convention) relative to the reference."""
-        return self.zero123.camera_embedding({
-            "elevation": torch.as_tensor(list(elevation_deg), dtype=torch.float32),
-            "azimuth": torch.as_tensor(list(azimuth_deg), dtype=torch.float32),
-            "camera_distances": torch.as_tensor(list(camera_distance), dtype=torch.float32),
-        })
+        return self.zero123.camera_embedding(
+            torch.as_tensor(list(elevation_deg), dtype=torch.float32),
+            torch.as_tensor(list(azimuth_deg), dtype=torch.float32),
+            torch.as_tensor(list(camera_distance), dtype=torch.float32), *self.reference_camera,
+        )
 
     # ------------------------------------------------------------------ the rectified prediction
     @torch.no_grad()
     def noise_prediction(self, z_t: Tensor, t: Tensor, camera: Tensor) -> Tensor:
         """eps [B,4,h,w] = w (eps_zero123(z_t, c, p) - eps_sd(z_t, "")) + eps_sd(z_t, ""); camera [B,4]."""
-        eps_zero123, eps_sd, _ = self.usd.predictions(z_t, t, camera.to(z_t.device))
+        eps_zero123, _ = self.zero123.noise_predictions(z_t, t, self.reference, camera.to(z_t.device), with_uncond=False)
+        eps_sd = self.sd.predict_noise(z_t, t, self.uncond_embedding.expand(z_t.shape[0], -1, -1))
         return classifier_free_guidance(eps_sd, eps_zero123, self.guidance_scale)
 
     # ------------------------------------------------------------------ sampling
@@ -88,7 +84,7 @@ class RectifiedZero123Sampler:
     ) -> Tensor:
         """Novel views [N,H,W,3] in [0,1] at relative cameras [N,4] (see `relative_cameras`).
         progress: optional wrapper of the iterator over batches (e.g. tqdm)."""
-        res = self.zero123.latent_resolution
+        res = self.latent_resolution
         timesteps = ddim_timesteps(NUM_TRAIN_TIMESTEPS - 1, num_steps)
         starts = list(range(0, cameras.shape[0], max(1, int(batch_size))))
         images = []

@@ -1,8 +1,9 @@
 """Stable Diffusion pieces the view-distillation steps share (docs/methods/usd.md §4.2, §4.4).
 
-- `load_stable_diffusion`: lift3d's `stable-diffusion-guidance` as a holder of SD's UNet, VAE and
-  noise schedule (same loading, model lookup and precision handling as every SD guidance); its
-  `guidance_scale` is the CFG scale `guided_noise` applies.
+- `load_stable_diffusion`: a `SamplingModel`, the frozen Stable Diffusion of lift3d.models (same
+  loading, model lookup and precision handling as every SD component; a private copy, since the
+  DreamBooth-LoRA adapters go into its UNet) with the CFG scale `guided_noise` applies and the image
+  size its samplers use.
 - `text_embeddings`: [N,77,D] embeddings of prompts with the SD folder's text encoder
   (lift3d.prompt.stable_diffusion.encode_prompts; loaded for the call, freed afterwards).
 - `prompts`: the DreamBooth prompts "photo of a [V] <class>", "photo of a [S] [V] <class>",
@@ -17,16 +18,41 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from lift3d.guidance.stable_diffusion import StableDiffusionGuidance
+from lift3d.models.cfg import classifier_free_guidance
+from lift3d.models.stable_diffusion import StableDiffusion
 from lift3d.prompt.stable_diffusion import encode_prompts
 
 
+@dataclass
+class SamplingModel:
+    """Stable Diffusion with a CFG scale and an image size; other attributes are the model's
+    (device, unet, alphas_cumprod, encode_images, decode_latents, weights_dtype)."""
+
+    model: StableDiffusion
+    guidance_scale: float
+    resolution: int
+
+    def __getattr__(self, name: str):
+        if name == "model":  # not set yet (copy / unpickle)
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+    @property
+    def latent_resolution(self) -> int:
+        return self.resolution // self.model.downsample
+
+    def guided_noise(self, z_t: Tensor, t: Tensor, text_embeddings: Tensor) -> Tensor:
+        """eps_u + s (eps_c - eps_u) from one UNet call on [z_t; z_t]; text_embeddings [2B,77,D] (cond, uncond)."""
+        eps = self.model.predict_noise(torch.cat([z_t, z_t]), torch.cat([t, t]), text_embeddings)
+        eps_cond, eps_uncond = eps.chunk(2)
+        return classifier_free_guidance(eps_uncond, eps_cond, self.guidance_scale)
+
+
 def load_stable_diffusion(path: str, guidance_scale: float = 7.5, half_precision_weights: str = "auto",
-                          resolution: int | None = None) -> StableDiffusionGuidance:
-    return StableDiffusionGuidance({
-        "pretrained_model_name_or_path": str(path), "guidance_scale": float(guidance_scale),
-        "half_precision_weights": half_precision_weights, "resolution": resolution,
-    })
+                          resolution: int | None = None) -> SamplingModel:
+    model = StableDiffusion.load(str(path), "Stable Diffusion (view distillation models.sd)",
+                                 half_precision_weights=half_precision_weights, shared=False)
+    return SamplingModel(model, float(guidance_scale), int(resolution or model.native_resolution))
 
 
 def text_embeddings(path: str, prompts: list[str]) -> Tensor:
@@ -71,4 +97,4 @@ def resize_hw(x: Tensor, height: int, width: int) -> Tensor:
                                            antialias=True)
 
 
-__all__ = ["DreamBoothPrompts", "load_rgb_on_white", "load_stable_diffusion", "resize_hw", "text_embeddings"]
+__all__ = ["DreamBoothPrompts", "SamplingModel", "load_rgb_on_white", "load_stable_diffusion", "resize_hw", "text_embeddings"]

@@ -25,9 +25,9 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from lift3d.guidance.ddim import ddim_sample, ddim_timesteps, seeded_noise
-from lift3d.guidance.sds import add_noise
-from lift3d.guidance.stable_diffusion import StableDiffusionGuidance
+from lift3d.models.ddim import ddim_sample, ddim_timesteps, seeded_noise
+from lift3d.models.noise_schedule import add_noise
+from .sd_models import SamplingModel
 from lift3d.utils.saving import save_image
 
 from .sd_models import load_rgb_on_white, resize_hw
@@ -35,11 +35,11 @@ from .sd_models import load_rgb_on_white, resize_hw
 
 @torch.no_grad()
 def sdedit(
-    sd: StableDiffusionGuidance, images: Tensor, prompt_embedding: Tensor, negative_embedding: Tensor,
+    sd: SamplingModel, images: Tensor, prompt_embedding: Tensor, negative_embedding: Tensor,
     noise_timestep: int, num_steps: int, seeds: list[int],
 ) -> Tensor:
     """images [B,H,W,3] in [0,1] (already on white) -> refined [B,H,W,3] at the same size
-    (CFG scale: sd.cfg.guidance_scale)."""
+    (CFG scale: sd.guidance_scale)."""
     B, H, W = images.shape[:3]
     x = resize_hw(images.permute(0, 3, 1, 2), sd.resolution, sd.resolution).clamp(0, 1).to(sd.device)
     z = sd.encode_images(x, sample=False).float()  # [B,4,h,w]
@@ -55,7 +55,7 @@ def sdedit(
 
 
 def refine_dataset(
-    sd: StableDiffusionGuidance, source: Path, out_dir: Path, prompt_embedding: Tensor, negative_embedding: Tensor,
+    sd: SamplingModel, source: Path, out_dir: Path, prompt_embedding: Tensor, negative_embedding: Tensor,
     noise_timestep: int = 200, num_steps: int = 10, seed: int = 0, batch_size: int = 4,
     progress: Optional[Callable] = None,
 ) -> int:

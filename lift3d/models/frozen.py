@@ -1,12 +1,13 @@
-"""Loading frozen diffusion models for guidances and prompt processors (docs/DESIGN.md "Models and weights").
+"""Frozen pretrained models: lookup, precision and the holder that keeps them out of checkpoints
+(docs/DESIGN.md "Models and weights").
 
 - `resolve_model`: `lift3d.models.loading.resolve_pretrained` whose failure is a
   `DiffusionModelNotFoundError` — both a `ModelNotFoundError` and a `ConfigError` (a
   `Lift3DError`), so launch.py prints its one message and exits with code 2, before any work.
-- `weights_dtype`: fp16 on GPU, fp32 on CPU for `half_precision_weights: auto`.
-- `FrozenModels`: a plain holder for frozen models. Guidances keep their models in one, so the
-  models are never nn.Module children of anything (not in checkpoints, not walked by
-  `do_update_step`, not moved by Lightning).
+- `half_precision_mode` / `weights_dtype`: fp16 on GPU, fp32 on CPU for `half_precision_weights: auto`.
+- `FrozenModels`: a plain holder for frozen models. Diffusion models (lift3d.models.diffusion) keep
+  their networks in one, so they are never nn.Module children of anything (not in checkpoints, not
+  walked by `do_update_step`, not moved by Lightning).
 """
 from __future__ import annotations
 
@@ -47,6 +48,18 @@ def weights_dtype(mode: str, device: torch.device | str) -> torch.dtype:
     if mode == "true" or (mode == "auto" and device.type == "cuda"):
         return torch.float16
     return torch.float32
+
+
+def half_precision_mode(value: Any, key: str = "system.guidance.half_precision_weights") -> str:
+    """'auto' | 'true' | 'false' from a config value (bool or string); ConfigError otherwise."""
+    text = str(value).strip().lower()
+    if text in ("auto", "none", "null"):
+        return "auto"
+    if text in ("true", "1", "yes", "fp16", "half"):
+        return "true"
+    if text in ("false", "0", "no", "fp32", "float32"):
+        return "false"
+    raise ConfigError(f"{key} = {value!r}: use auto, true or false.")
 
 
 def freeze(module: torch.nn.Module) -> torch.nn.Module:
@@ -99,5 +112,5 @@ def free_memory() -> None:
 
 __all__ = [
     "DiffusionModelNotFoundError", "FrozenModels", "SD_GUIDANCE_FILES", "SD_TEXT_FILES", "ZERO123_FILES",
-    "default_device", "free_memory", "freeze", "resolve_model", "weights_dtype",
+    "default_device", "free_memory", "freeze", "half_precision_mode", "resolve_model", "weights_dtype",
 ]

@@ -3,7 +3,7 @@
 One loop serves every sampler: USD view distillation's Zero-1-to-3 novel views (from pure noise,
 t = 999), Stable Diffusion class images (t = 999) and SDEdit refinement (from t ≈ 200), and the
 toy priors' sample sheets (tools/toyworld). The step
-itself is lift3d.guidance.sds.ddim_step (eta = 0):
+itself is lift3d.models.noise_schedule.ddim_step (eta = 0):
 
     x0      = (z_t - sqrt(1 - alphabar_t) eps) / sqrt(alphabar_t)
     z_prev  = sqrt(alphabar_prev) x0 + sqrt(1 - alphabar_prev) eps
@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from lift3d.guidance.sds import ddim_step
+from lift3d.models.noise_schedule import ddim_step
 
 # eps_fn(z_t [B,4,h,w], t [B] long) -> noise prediction [B,4,h,w]
 EpsFn = Callable[[Tensor, Tensor], Tensor]
