@@ -21,9 +21,10 @@ from omegaconf import OmegaConf
 
 from lift3d.config import parse_structured
 from lift3d.data.cameras import spherical_to_cartesian
-from lift3d.data.random_camera import RandomCameraEvalDataset, camera_batch, check_range
+from lift3d.data.random_camera import RandomCameraEvalDataset, camera_batch
 from lift3d.data.single_image import SingleImageDataModule, SingleImageDataModuleConfig, SingleImageIterableDataset
 from lift3d.registry import register
+from lift3d.utils.config_checks import check_range
 
 COMPONENT = "data module 'usd-image-datamodule'"
 OWN_KEYS = ("test_elevation_range", "test_elevation_seed")

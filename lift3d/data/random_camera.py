@@ -59,6 +59,7 @@ from lift3d.data.cameras import (
 from lift3d.data.seeded_stream import SeededBatchStream
 from lift3d.errors import ConfigError
 from lift3d.registry import register
+from lift3d.utils.config_checks import check_range, check_scalar, fail, positive_int_list, show
 
 LIGHT_SAMPLE_STRATEGIES = ("dreamfusion", "magic3d")
 # keys of every camera batch (eval batches add "index")
@@ -103,74 +104,8 @@ class RandomCameraDataModuleConfig:
     seed: Optional[int] = None  # null: torch.initial_seed() (set by the experiment seed)
 
 
-# ---------------------------------------------------------------- config checking helpers
-def _fail(key: str, problem: str, fix: str) -> None:
-    raise ConfigError(f"{key} {problem}: {fix}")
-
-
-def _as_list(value: Any) -> Optional[list]:
-    """`value` as a Python list when it is a list/tuple (plain or OmegaConf), else None."""
-    if isinstance(value, (str, bytes, dict, DictConfig)) or not hasattr(value, "__len__"):
-        return None
-    return list(value)
-
-
-def _int_list(value: Any, key: str) -> List[int]:
-    """`value` as a non-empty list of positive ints (an int becomes a one-element list)."""
-    items = _as_list(value)
-    items = [value] if items is None else items
-    if not items:
-        _fail(key, "is an empty list", "give a positive int or a list of positive ints, one per resolution stage")
-    for item in items:
-        if isinstance(item, bool) or not isinstance(item, int) or item < 1:
-            _fail(key, f"= {_show(value)} is invalid", "give a positive int or a list of positive ints, one per resolution stage")
-    return [int(v) for v in items]
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, DictConfig):
-        return str(OmegaConf.to_container(value))
-    items = _as_list(value)
-    return str(value) if items is None else str(items)
-
-
-def check_range(
-    cfg: Any, name: str, path: str, lo: Optional[float] = None, hi: Optional[float] = None,
-    positive: bool = False, example: str = "",
-) -> Tuple[float, float]:
-    """Check that cfg.<name> is an ordered pair [low, high] within [lo, hi] (or > 0)."""
-    key = f"{path}.{name}"
-    value = cfg[name]
-    items = _as_list(value)
-    hint = f"give [low, high]{', e.g. ' + example if example else ''}"
-    if items is None or len(items) != 2:
-        _fail(key, f"= {_show(value)} is not a pair", hint)
-    low, high = float(items[0]), float(items[1])
-    if not (math.isfinite(low) and math.isfinite(high)) or low > high:
-        _fail(key, f"= {_show(value)} is not ordered (low > high) or not finite", hint + " with low <= high")
-    if positive and low <= 0:
-        _fail(key, f"= {_show(value)} must be > 0", hint + " with 0 < low <= high")
-    if lo is not None and low < lo or hi is not None and high > hi:
-        _fail(key, f"= {_show(value)} leaves [{lo}, {hi}]", hint + f" inside [{lo}, {hi}]")
-    return low, high
-
-
-def check_scalar(
-    cfg: Any, name: str, path: str, lo: Optional[float] = None, hi: Optional[float] = None,
-    lo_open: bool = False, hi_open: bool = False,
-) -> float:
-    """Check that cfg.<name> is a finite number in the interval (open/closed as given)."""
-    key = f"{path}.{name}"
-    value = float(cfg[name])
-    bad = not math.isfinite(value)
-    bad |= lo is not None and (value <= lo if lo_open else value < lo)
-    bad |= hi is not None and (value >= hi if hi_open else value > hi)
-    if bad:
-        left = "(" if lo_open else "["
-        right = ")" if hi_open else "]"
-        interval = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
-        _fail(key, f"= {cfg[name]} is out of range", f"use a value in {interval}")
-    return value
+# ---------------------------------------------------------------- progressive resolution
+STAGE_LIST_FIX = "give a positive int or a list of positive ints, one per resolution stage"
 
 
 def resolution_stages(
@@ -182,21 +117,21 @@ def resolution_stages(
     must all have len(resolution_milestones) + 1 entries. Milestones are strictly increasing
     global steps > 0; stage k is used from milestone k-1 (inclusive) on.
     """
-    values = {k: _int_list(cfg[k], f"{path}.{k}") for k in keys}
+    values = {k: positive_int_list(cfg[k], f"{path}.{k}", STAGE_LIST_FIX) for k in keys}
     milestones_cfg = cfg["resolution_milestones"]
     milestones = list(milestones_cfg or [])
     for m in milestones:
         if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-            _fail(f"{path}.resolution_milestones", f"= {_show(milestones_cfg)} is invalid",
+            fail(f"{path}.resolution_milestones", f"= {show(milestones_cfg)} is invalid",
                   "give a list of positive global steps, e.g. [5000]")
     if any(b <= a for a, b in zip(milestones, milestones[1:])):
-        _fail(f"{path}.resolution_milestones", f"= {_show(milestones_cfg)} is not strictly increasing",
+        fail(f"{path}.resolution_milestones", f"= {show(milestones_cfg)} is not strictly increasing",
               "list the steps in increasing order, e.g. [200, 300]")
     n_stages = max(len(v) for v in values.values())
     for k, v in values.items():
         if len(v) not in (1, n_stages):
             lists = ", ".join(f"{path}.{kk} has {len(vv)}" for kk, vv in values.items())
-            _fail(f"{path}.{k}", f"has {len(v)} entries but another list has {n_stages} ({lists})",
+            fail(f"{path}.{k}", f"has {len(v)} entries but another list has {n_stages} ({lists})",
                   "give every progressive list the same length, or a single int")
     if n_stages == 1:
         if milestones:
@@ -206,7 +141,7 @@ def resolution_stages(
             )
         milestones = []
     elif len(milestones) != n_stages - 1:
-        _fail(f"{path}.resolution_milestones",
+        fail(f"{path}.resolution_milestones",
               f"has {len(milestones)} steps but {', '.join(path + '.' + k for k in keys)} describe {n_stages} stages",
               f"give {n_stages - 1} milestone step(s), one per switch, e.g. resolution_milestones: "
               f"{[5000 * (i + 1) for i in range(n_stages - 1)]}")
@@ -478,7 +413,7 @@ class RandomCameraDataModule(pl.LightningDataModule):
         resolution_stages(cfg, path)
         for name in ("eval_height", "eval_width", "eval_batch_size", "n_val_views", "n_test_views"):
             if cfg[name] < 1:
-                _fail(f"{path}.{name}", f"= {cfg[name]} must be >= 1", "use a positive integer")
+                fail(f"{path}.{name}", f"= {cfg[name]} must be >= 1", "use a positive integer")
         check_range(cfg, "elevation_range", path, lo=-90, hi=90, example="[-10, 90]")
         check_range(cfg, "azimuth_range", path, example="[-180, 180]")
         check_range(cfg, "camera_distance_range", path, positive=True, example="[1.0, 1.5]")
@@ -490,14 +425,14 @@ class RandomCameraDataModule(pl.LightningDataModule):
         check_scalar(cfg, "eval_camera_distance", path, lo=0, lo_open=True)
         check_scalar(cfg, "eval_fovy_deg", path, lo=0, hi=180, lo_open=True, hi_open=True)
         if cfg.light_sample_strategy not in LIGHT_SAMPLE_STRATEGIES:
-            _fail(f"{path}.light_sample_strategy", f"= '{cfg.light_sample_strategy}' is unknown",
+            fail(f"{path}.light_sample_strategy", f"= '{cfg.light_sample_strategy}' is unknown",
                   f"use one of {', '.join(LIGHT_SAMPLE_STRATEGIES)}")
         if cfg.progressive_until < 0:
-            _fail(f"{path}.progressive_until", f"= {cfg.progressive_until} is negative",
+            fail(f"{path}.progressive_until", f"= {cfg.progressive_until} is negative",
                   "use 0 (off) or the number of steps over which the view ranges widen")
         near = check_scalar(cfg, "near", path, lo=0, lo_open=True)
         if not float(cfg.far) > near:
-            _fail(f"{path}.far", f"= {cfg.far} is not greater than {path}.near = {near}",
+            fail(f"{path}.far", f"= {cfg.far} is not greater than {path}.near = {near}",
                   "set far > near, e.g. near: 0.01, far: 100")
 
     def setup(self, stage: Optional[str] = None) -> None:
