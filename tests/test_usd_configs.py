@@ -65,8 +65,10 @@ def test_configs_hold_the_spec_values():
     assert (geo.geometry.convert_threshold, geo.geometry.convert_sdf) == (25.0, "clamp")
     assert geo.loss.lambda_normal_consistency == geo.loss.lambda_laplacian_smoothness == 1.0e4
     assert geo.optimizer.args.lr == 0.005
+    assert list(geo.guidance.max_step_percent) == [5000, 0.98, 0.5, 5001]  # per stage, as the original
     tex = OmegaConf.load(CONFIGS / "usd-text-to-3D-texture.yaml").system
     assert (tex.guidance_type, tex.guidance.usd_lambda, tex.geometry.fix_geometry) == ("usd-text-guidance", 0.0, True)
+    assert list(tex.guidance.max_step_percent) == [5000, 0.98, 0.5, 5001] and not tex.background.get("random_aug")
     assert not tex.geometry_convert_inherit_texture
 
 
@@ -172,21 +174,26 @@ def test_usd_text_to_3d_chain_and_export(tmp_path, tiny_sd_path):
     run_launch(["--config", str(CONFIGS / "usd-text-to-3D-patch.yaml"), "--train", *common, *SMALL_PATCH_NERF])
     nerf = only_trial(root, "usd-text-to-3D-patch")
     assert all(float(r["train/loss_usd"]) > 0 and float(r["train/usd_lambda"]) == 0.0 for r in rows(nerf))
+    # stages 2 and 3 anneal t at their own step 5000 ([5000, 0.98, 0.5, 5001]); here at their own step 2: a
+    # chained stage is a new run that counts from 0 (stage 1 ended at step 3), so max t is 980 at steps 0-1
+    anneal = "system.guidance.max_step_percent=[1, 0.98, 0.5, 2]"
     # 2: DMTet geometry, SDS on normals; the 3-step NeRF's blob peaks at a density of about 10, not 25
     run_launch(["--config", str(CONFIGS / "usd-text-to-3D-geometry.yaml"), "--train", *common,
                 f"system.geometry_convert_from={nerf}", "system.geometry.isosurface_resolution=16",
-                "system.geometry.convert_threshold=5.0"])
+                "system.geometry.convert_threshold=5.0", anneal])
     geo = only_trial(root, "usd-text-to-3D-geometry")
     assert all(float(r["train/loss_sds"]) > 0 and float(r["train/loss_normal_consistency"]) > 0
                and float(r["train/loss_laplacian_smoothness"]) > 0 for r in rows(geo))
+    assert [(int(r["step"]), float(r["train/max_step"])) for r in rows(geo)] == [(0, 980.0), (1, 980.0), (2, 500.0)]
     geo_state = state_dict(geo / "ckpts/last.ckpt")
     assert not any(k.startswith("geometry.encoding") for k in geo_state)  # geometry only
     # 3: fixed surface, fresh texture field, USD text guidance; then --export
     run_launch(["--config", str(CONFIGS / "usd-text-to-3D-texture.yaml"), "--train", *common, *SMALL_GRID,
                 f"system.geometry_convert_from={geo / 'ckpts/last.ckpt'}", "system.geometry.isosurface_resolution=16",
-                "system.exporter.texture_size=64"])
+                "system.exporter.texture_size=64", anneal])
     tex = only_trial(root, "usd-text-to-3D-texture")
     assert all(float(r["train/loss_usd"]) > 0 for r in rows(tex))
+    assert [(int(r["step"]), float(r["train/max_step"])) for r in rows(tex)] == [(0, 980.0), (1, 980.0), (2, 500.0)]
     tex_state = state_dict(tex / "ckpts/last.ckpt")
     assert torch.equal(tex_state["geometry.sdf"], geo_state["geometry.sdf"])  # the stage-2 surface, unchanged
     assert torch.equal(tex_state["geometry.deformation"], geo_state["geometry.deformation"])
