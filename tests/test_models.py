@@ -11,7 +11,9 @@ import torch
 from lift3d.errors import ConfigError
 from lift3d.models.deepfloyd_if import DeepFloydIF
 from lift3d.models.frozen import DiffusionModelNotFoundError
-from lift3d.models.stable_diffusion import StableDiffusion, StableDiffusionControlNet, StableDiffusionDepth
+from lift3d.models.stable_diffusion import StableDiffusion
+from lift3d.models.stable_diffusion_controlnet import StableDiffusionControlNet
+from lift3d.models.stable_diffusion_depth import StableDiffusionDepth
 from lift3d.models.zero123 import StableZero123, Zero123
 
 from tests.helpers import REPO

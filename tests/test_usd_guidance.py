@@ -76,12 +76,12 @@ def relative_cameras():
 
 
 def eps_zero123_cond(usd, z_t, t):
-    pipe, z = usd.zero123.pipe, usd.zero123
+    pipe = usd.zero123.pipe
     B = z_t.shape[0]
     with torch.no_grad():
-        context = pipe.clip_camera_projection(torch.cat([z.reference_embedding.expand(B, -1, -1),
+        context = pipe.clip_camera_projection(torch.cat([usd.reference.embedding.expand(B, -1, -1),
                                                          relative_cameras()[:, None, :]], dim=-1))
-        ref = z.reference_latents.expand(B, -1, -1, -1)
+        ref = usd.reference.latents.expand(B, -1, -1, -1)
         return pipe.unet(torch.cat([z_t, ref], 1), t, encoder_hidden_states=context).sample
 
 
@@ -112,7 +112,7 @@ def test_image_usd_gradient_is_the_unbiased_score(usd_at, raw, lam):
     latents = torch.randn(2, 4, 8, 8, generator=gen).requires_grad_(True)
     noise = torch.randn(2, 4, 8, 8, generator=gen)
     t = torch.tensor([150, 700])
-    out = usd.usd_from_latents(latents, usd.zero123.camera_embedding(BATCH), t=t, noise=noise)
+    out = usd.usd_from_latents(latents, usd.camera_embedding(BATCH), t=t, noise=noise)
     out["loss_usd"].backward()
 
     assert torch.allclose(usd.alphas_cumprod, alphas)  # Zero-1-to-3's schedule is SD's
@@ -127,7 +127,7 @@ def test_image_usd_gradient_is_the_unbiased_score(usd_at, raw, lam):
     assert out["loss_usd"].item() == pytest.approx(0.5 * grad.pow(2).sum().item() / 2, rel=1e-4)
     assert out["usd_lambda"].item() == lam
     # the SD unconditional differs from Zero-1-to-3's: the test can tell them apart
-    assert not torch.allclose(eps_u, usd.zero123.noise_predictions(z_t, t, usd.zero123.camera_embedding(BATCH))[1], atol=1e-3)
+    assert not torch.allclose(eps_u, usd.zero123.noise_predictions(z_t, t, usd.reference, usd.camera_embedding(BATCH))[1], atol=1e-3)
 
 
 def test_lambda_one_with_zero123_unconditional_is_zero123_sds_exactly(tiny_zero123_path, tiny_sd_path, cache_dir):
@@ -152,7 +152,7 @@ def test_lambda_one_with_zero123_unconditional_is_zero123_sds_exactly(tiny_zero1
     noise, t = torch.randn(2, 4, 8, 8, generator=gen), torch.tensor([90, 910])
     lat = [x.clone().requires_grad_(True) for x in lat]
     z123.sds_from_latents(lat[0], z123.camera_embedding(BATCH), t=t, noise=noise)["loss_sds"].backward()
-    usd.usd_from_latents(lat[1], usd.zero123.camera_embedding(BATCH), t=t, noise=noise)["loss_usd"].backward()
+    usd.usd_from_latents(lat[1], usd.camera_embedding(BATCH), t=t, noise=noise)["loss_usd"].backward()
     assert torch.equal(lat[0].grad, lat[1].grad)
 
 
@@ -165,7 +165,7 @@ def test_reference_view_delta_term(usd, raw):
     noise_r, t_r = torch.randn(3, 4, 8, 8, generator=gen), torch.tensor([40, 500, 960])
     from custom.usd.image_guidance import ReferenceLatents
 
-    out = usd.usd_from_latents(latents, usd.zero123.camera_embedding(BATCH), t=torch.tensor([300, 600]),
+    out = usd.usd_from_latents(latents, usd.camera_embedding(BATCH), t=torch.tensor([300, 600]),
                                noise=torch.randn(2, 4, 8, 8, generator=gen),
                                reference=ReferenceLatents(render, target, noise_r, t_r))
     out["loss_usd_ref"].backward()
@@ -177,7 +177,7 @@ def test_reference_view_delta_term(usd, raw):
     assert latents.grad is None  # the two terms are separate losses
     # a render equal to the input image gets no gradient: the delta term vanishes at the reference
     same = target.clone().requires_grad_(True)
-    usd.usd_from_latents(latents.detach(), usd.zero123.camera_embedding(BATCH),
+    usd.usd_from_latents(latents.detach(), usd.camera_embedding(BATCH),
                          reference=ReferenceLatents(same, target, noise_r, t_r))["loss_usd_ref"].backward()
     assert same.grad.abs().max() < 1e-5
 
@@ -226,10 +226,10 @@ def test_empty_prompt_embedding_is_cached(usd, raw, cache_dir):
     from custom.usd.unconditional_text import prompt_embedding
     from lift3d.prompt.cache import TextEmbeddingCache, model_fingerprint
 
-    cache = TextEmbeddingCache(cache_dir, model_fingerprint(usd.sd.model_path))
+    cache = TextEmbeddingCache(cache_dir, model_fingerprint(usd.sd.path))
     assert cache.path("").is_file()  # the prompt processor's key: text-to-3D runs share it
     cache.save("", torch.full_like(empty[0], 7.0))
-    assert prompt_embedding(usd.sd.model_path, cache_dir).eq(7.0).all()  # read from the cache, not re-encoded
+    assert prompt_embedding(usd.sd.path, cache_dir).eq(7.0).all()  # read from the cache, not re-encoded
     cache.save("", empty[0])
 
 
@@ -295,7 +295,8 @@ def prompt_utils(tiny_sd_path, cache_dir):
 def test_text_usd_gradient(tiny_sd_path, prompt_utils, raw, lam):
     unet, alphas, _ = raw
     g = find("usd-text-guidance")({"pretrained_model_name_or_path": str(tiny_sd_path), "usd_lambda": lam})
-    sds = find("stable-diffusion-guidance")({"pretrained_model_name_or_path": str(tiny_sd_path), "guidance_scale": 7.5})
+    sds = find("stable-diffusion-guidance")({"pretrained_model_name_or_path": str(tiny_sd_path), "guidance_scale": 7.5,
+                                          "cfg_form": "standard"})  # usd-text-guidance's form (the original USD)
     gen = torch.Generator().manual_seed(4)
     latents = torch.randn(2, 4, 8, 8, generator=gen)
     noise, t = torch.randn(2, 4, 8, 8, generator=gen), torch.tensor([250, 800])

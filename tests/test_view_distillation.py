@@ -25,7 +25,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lift3d.guidance.ddim import ddim_timesteps
+from lift3d.models.ddim import ddim_timesteps
 from tests.helpers import REPO, only_trial, run_launch
 
 IMAGE = str(REPO / "load/images/blocks_rgba.png")
@@ -59,12 +59,12 @@ def test_rectified_noise_prediction_equals_direct_unet_calls(tmp_path, tiny_zero
 
     z123 = sampler.zero123.models
     with torch.no_grad():
-        context = z123.clip_camera_projection(torch.cat([sampler.zero123.reference_embedding.expand(2, -1, -1),
+        context = z123.clip_camera_projection(torch.cat([sampler.reference.embedding.expand(2, -1, -1),
                                                          cameras[:, None, :]], dim=-1))  # [2,1,D]
-        ref = sampler.zero123.reference_latents.expand(2, -1, -1, -1)
+        ref = sampler.reference.latents.expand(2, -1, -1, -1)
         eps_zero123 = z123.unet(torch.cat([z_t, ref], dim=1), t, encoder_hidden_states=context).sample
         empty = encode_prompts(str(tiny_sd_path), [""]).expand(2, -1, -1)
-        eps_sd = sampler.usd.sd.models.unet(z_t, t, encoder_hidden_states=empty).sample
+        eps_sd = sampler.sd.unet(z_t, t, encoder_hidden_states=empty).sample
         eps_own_uncond = z123.unet(torch.cat([z_t, torch.zeros_like(ref)], dim=1), t,
                                    encoder_hidden_states=torch.zeros_like(context)).sample
     expected = w * (eps_zero123 - eps_sd) + eps_sd

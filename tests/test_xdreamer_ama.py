@@ -98,7 +98,7 @@ def test_normalisation_and_resizing():
 # ------------------------------------------------------------------ the recorded maps
 def test_recorded_maps_are_eos_softmax_columns_of_the_conditional_branch(tiny_sd_path, prompt_utils):
     g = find("xdreamer-guidance")({"pretrained_model_name_or_path": str(tiny_sd_path), "ama_start_step": 0})
-    unet = g.unet
+    unet = g.model.unet
     layers = last_cross_attention_per_block(unet)
     assert g.store.layers == layers and len(layers) == 3
     batch = {"elevation": torch.tensor([10.0, 20.0]), "azimuth": torch.tensor([0.0, 90.0]),
@@ -116,7 +116,7 @@ def test_recorded_maps_are_eos_softmax_columns_of_the_conditional_branch(tiny_sd
         hooks.append(attn.to_k.register_forward_hook(lambda m, i, o, n=name: captured[n].update(k=o)))
     try:
         with torch.no_grad(), g.adapted(e, f), g.store.record(eos[:2]):
-            g.predict_noise(z, t, text)
+            g.model.predict_noise(z, t, text)
     finally:
         for h in hooks:
             h.remove()

@@ -66,7 +66,7 @@ def unet_outputs(g, unet, prompt_utils, seed=0):
     t = torch.tensor([120, 730, 120, 730])
     _, e, f = g.conditions(prompt_utils, BATCH, text)
     with torch.no_grad(), g.adapted(e, f):
-        adapted = g.predict_noise(z, t, text)
+        adapted = g.model.predict_noise(z, t, text)
     with torch.no_grad():
         plain = unet(z, t, encoder_hidden_states=text).sample
     return adapted, plain
@@ -95,7 +95,7 @@ def test_zero_b_is_exactly_the_plain_unet_and_ama_training_changes_it(tiny_sd_pa
     grads = {n: (p.grad.abs().sum().item() if p.grad is not None else 0.0) for n, p in lora.named_parameters()}
     # at B = 0 only B receives gradient: dL/dA = x^T (dL/dy) B^T = 0
     assert all(v == 0.0 for n, v in grads.items() if ".h_text." in n or ".h_cam." in n or n.startswith("camera_encoder"))
-    first = last_cross_attention_per_block(g.unet)[0].replace(".", "__")
+    first = last_cross_attention_per_block(g.model.unet)[0].replace(".", "__")
     for proj in ("to_q", "to_k"):  # the first recorded map depends on these directly
         assert grads[f"adapters.{first}.{proj}.B"] > 0
     assert sum(v > 0 for n, v in grads.items() if n.endswith(".B")) >= 6
@@ -115,7 +115,7 @@ def test_zero_b_is_exactly_the_plain_unet_and_ama_training_changes_it(tiny_sd_pa
 
 def test_adapters_run_in_fp32_even_on_a_half_precision_unet(tiny_sd_path, prompt_utils):
     g = make_guidance(tiny_sd_path, ama_start_step=None, half_precision_weights=True)
-    assert next(g.unet.parameters()).dtype == torch.float16
+    assert next(g.model.unet.parameters()).dtype == torch.float16
     assert all(p.dtype == torch.float32 for p in g.trainable_modules().parameters())
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lift3d.errors import ConfigError
+from lift3d.guidance.zero123 import reference_image
 
 from tests.helpers import REPO
 
@@ -49,25 +50,25 @@ def test_camera_embedding_is_relative_to_the_reference_per_sample(guidance, tiny
 
 
 def test_reference_image_is_composited_on_white_and_encoded(guidance):
-    image = guidance.reference_image()  # [1,3,64,64]
+    image = reference_image(guidance.cfg.cond_image_path, guidance.resolution, guidance.cfg.cond_background, "k")  # [1,3,64,64]
     assert image.shape == (1, 3, 64, 64)
     assert torch.allclose(image[0, :, 0, 0], torch.ones(3))  # transparent corner -> white
     assert image[0, :, 32, 32].max() < 0.95  # the capsule is coloured
     with torch.no_grad():
-        assert torch.allclose(guidance.reference_latents, guidance.pipe.encode_image_latents(image), atol=1e-5)
-        assert torch.allclose(guidance.reference_embedding, guidance.pipe.encode_image_embedding(image), atol=1e-5)
-    assert guidance.reference_latents.shape == (1, 4, 8, 8)
+        assert torch.allclose(guidance.reference.latents, guidance.model.pipe.encode_image_latents(image), atol=1e-5)
+        assert torch.allclose(guidance.reference.embedding, guidance.model.pipe.encode_image_embedding(image), atol=1e-5)
+    assert guidance.reference.latents.shape == (1, 4, 8, 8)
 
 
 def direct_eps(guidance, z_t, t, scale):
     """CFG written out with the pipeline's raw modules: conditional (reference latent, projected
     [CLIP embedding, T]) vs unconditional (zero latent, zero context), one UNet call each."""
-    pipe = guidance.pipe
+    pipe = guidance.model.pipe
     B = z_t.shape[0]
     with torch.no_grad():
-        emb = guidance.reference_embedding.expand(B, -1, -1)  # [B,1,D]
+        emb = guidance.reference.embedding.expand(B, -1, -1)  # [B,1,D]
         context = pipe.clip_camera_projection(torch.cat([emb, expected_camera()[:, None, :]], dim=-1))
-        ref = guidance.reference_latents.expand(B, -1, -1, -1)
+        ref = guidance.reference.latents.expand(B, -1, -1, -1)
         eps_c = pipe.unet(torch.cat([z_t, ref], 1), t, encoder_hidden_states=context).sample
         eps_u = pipe.unet(torch.cat([z_t, torch.zeros_like(ref)], 1), t, encoder_hidden_states=torch.zeros_like(context)).sample
     return eps_u + scale * (eps_c - eps_u), eps_c, eps_u
@@ -97,7 +98,7 @@ def test_sds_gradient_matches_direct_computation(guidance):
     t = torch.tensor([200, 450, 800])
     out = guidance.sds_from_latents(latents, guidance.camera_embedding(BATCH), t=t, noise=noise)
     out["loss_sds"].backward()
-    a = guidance.pipe.scheduler.alphas_cumprod[t].float().view(-1, 1, 1, 1)
+    a = guidance.model.pipe.scheduler.alphas_cumprod[t].float().view(-1, 1, 1, 1)
     z_t = a.sqrt() * latents.detach() + (1 - a).sqrt() * noise
     eps_cfg, _, _ = direct_eps(guidance, z_t, t, 3.0)
     assert torch.allclose(latents.grad, (1 - a) * (eps_cfg - noise) / 3, atol=1e-5, rtol=1e-4)

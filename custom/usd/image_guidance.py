@@ -55,7 +55,6 @@ from lift3d.errors import ConfigError
 from lift3d.guidance.sds import (
     Prediction,
     ScoreDistillationGuidance,
-    check_fraction_schedule,
     resize_nchw,
     sample_timesteps,
     sds_gradient,
@@ -69,7 +68,7 @@ from lift3d.models.frozen import SD_TEXT_FILES, resolve_model
 from lift3d.models.noise_schedule import add_noise
 from lift3d.models.stable_diffusion import StableDiffusion
 from lift3d.registry import find, register
-from lift3d.utils.schedule import C
+from lift3d.utils.schedule import C, check_schedule_range
 
 from .text_guidance import check_lambda
 from .unconditional_text import prompt_embedding
@@ -120,7 +119,7 @@ class USDImageGuidance(ScoreDistillationGuidance):
         if cfg.unconditional not in USD_UNCONDITIONALS:
             raise ConfigError(f"{path}.unconditional '{cfg.unconditional}': use sd (USD) or zero123.")
         for name in ("reference_min_step_percent", "reference_max_step_percent"):
-            check_fraction_schedule(cfg[name], f"{path}.{name}", "give fractions of the 1000 timesteps.")
+            check_schedule_range(cfg[name], f"{path}.{name}", hint="give fractions of the 1000 timesteps.")
         if cfg.reference_resolution is not None and (cfg.reference_resolution < 8 or cfg.reference_resolution % 8):
             raise ConfigError(f"{path}.reference_resolution = {cfg.reference_resolution}: use a multiple of 8 or null.")
         check_reference_config(cfg, path)

@@ -5,8 +5,8 @@ prompt] (the text of each camera's view direction, from `stable-diffusion-prompt
 
     grad = w(t) [ w_cfg (eps_sd(z_t, text) - eps_sd(z_t, "")) + lambda (eps_sd(z_t, "") - eps) ]
 
-with w_cfg the CFG weight of `cfg_form` (threestudio, the default, as in the original code built on
-threestudio: w_cfg = guidance_scale + 1; standard: w_cfg = guidance_scale).
+with w_cfg the CFG weight of `cfg_form`: `standard` by default (w_cfg = guidance_scale, as the
+original USD code), `threestudio` gives w_cfg = guidance_scale + 1.
 
 `usd_lambda` is the spec's lambda (`lambda` is a Python keyword), scheduled with C():
 0 = USD (the default), 1 = exactly `stable-diffusion-guidance`'s SDS gradient. Everything else —
@@ -21,17 +21,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lift3d.guidance.sds import check_fraction_schedule
 from lift3d.guidance.stable_diffusion import StableDiffusionGuidance
 from lift3d.registry import register
-from lift3d.utils.schedule import C
+from lift3d.utils.schedule import C, check_schedule_range
 
 from .usd_math import usd_guided_noise
 
 
 def check_lambda(value: Any, key: str = "system.guidance.usd_lambda") -> None:
     """A ConfigError unless `value` is a C()-schedule of numbers in [0, 1]."""
-    check_fraction_schedule(value, key, "0 is USD, 1 is SDS.")
+    check_schedule_range(value, key, hint="0 is USD, 1 is SDS.")
 
 
 @register("usd-text-guidance")
@@ -39,6 +38,9 @@ class USDTextGuidance(StableDiffusionGuidance):
     @dataclass
     class Config(StableDiffusionGuidance.Config):
         guidance_scale: float = 7.5
+        # the original USD code (threestudio/models/guidance/usd_SD_guidance.py) weighs
+        # (eps_c - eps_u) by guidance_scale itself: the standard form (docs/faithfulness.md)
+        cfg_form: str = "standard"
         usd_lambda: Any = 0.0  # scheduled with C(): 0 = USD, 1 = SDS
 
     produces = ("loss_usd",)

@@ -85,6 +85,8 @@ class XDreamerGuidance(StableDiffusionGuidance):
     @dataclass
     class Config(StableDiffusionGuidance.Config):
         guidance_scale: float = 100.0
+        # X-Dreamer's code (Fantasia3D lineage) guides with eps_u + s (eps_c - eps_u) (docs/faithfulness.md)
+        cfg_form: str = "standard"
         weighting_strategy: str = "fantasia3d"
         # ---- CG-LoRA (§1)
         use_cg_lora: bool = True

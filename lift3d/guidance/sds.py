@@ -47,7 +47,7 @@ from lift3d.models.cfg import CFG_FORMS, cfg_weight, classifier_free_guidance
 from lift3d.models.diffusion import DiffusionModel
 from lift3d.models.frozen import half_precision_mode
 from lift3d.models.noise_schedule import add_noise, ddim_step, predict_x0
-from lift3d.utils.schedule import C
+from lift3d.utils.schedule import C, check_schedule_range
 
 WEIGHTING_STRATEGIES = ("sds", "uniform", "fantasia3d")
 
@@ -173,7 +173,7 @@ class ScoreDistillationGuidance(BaseGuidance):
             raise ConfigError(f"{key}.cfg_form '{cfg.cfg_form}' is unknown: use one of {', '.join(CFG_FORMS)} "
                               f"(docs/faithfulness.md).")
         for name in ("min_step_percent", "max_step_percent"):
-            check_fraction_schedule(cfg[name], f"{key}.{name}", "give fractions of the 1000 timesteps.")
+            check_schedule_range(cfg[name], f"{key}.{name}", hint="give fractions of the 1000 timesteps.")
         try:
             C(cfg.grad_clip, 0, 0)
         except (TypeError, ValueError) as exc:
@@ -347,17 +347,6 @@ def guidance_eval_grid(images: dict[str, Tensor]) -> Tensor:
     return torch.cat(rows, dim=0).clamp(0, 1)
 
 
-def check_fraction_schedule(value: Any, key: str, hint: str) -> None:
-    """A ConfigError unless `value` is a C()-schedule of numbers in [0, 1] (at its first and last step)."""
-    for step in (0, 10**9):
-        try:
-            number = float(C(value, 0, step))
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{key}: {exc}") from None
-        if not 0.0 <= number <= 1.0:
-            raise ConfigError(f"{key} = {value} leaves [0, 1]: {hint}")
-
-
 __all__ = [
     "CFG_FORMS",
     "DistillStep",
@@ -366,7 +355,6 @@ __all__ = [
     "ScoreDistillationGuidance",
     "WEIGHTING_STRATEGIES",
     "cfg_weight",
-    "check_fraction_schedule",
     "classifier_free_guidance",
     "guidance_eval_grid",
     "resize_nchw",

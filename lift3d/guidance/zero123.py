@@ -87,13 +87,14 @@ class Zero123Guidance(ScoreDistillationGuidance):
             self.cfg.cond_elevation_deg, self.cfg.cond_azimuth_deg, self.cfg.cond_camera_distance,
         )
 
-    def camera_predictor(self, camera: Tensor):
-        """predict(z_t, t, noise, extra): Zero-1-to-3's own classifier-free guidance for cameras T [B,4]."""
-        def predict(z_t: Tensor, t: Tensor, noise: Tensor, extra: Any) -> Prediction:
-            eps_cond, eps_uncond = self.model.noise_predictions(z_t, t, self.reference, camera)
-            return Prediction(self.guide(eps_cond, eps_uncond))
+    def guided_noise(self, z_t: Tensor, t: Tensor, camera: Tensor) -> Tensor:
+        """Zero-1-to-3's own classifier-free guidance (zero image / zero pose) for cameras T [B,4]."""
+        eps_cond, eps_uncond = self.model.noise_predictions(z_t, t, self.reference, camera)
+        return self.guide(eps_cond, eps_uncond)
 
-        return predict
+    def camera_predictor(self, camera: Tensor):
+        """predict(z_t, t, noise, extra) of the distillation step for cameras T [B,4]."""
+        return lambda z_t, t, noise, extra: Prediction(self.guided_noise(z_t, t, camera))
 
     # ------------------------------------------------------------------ SDS
     def sds_from_latents(

@@ -18,9 +18,9 @@ they use it:
 - `predict_noise(x_t, t, **conditioning)`: one denoiser call, in the caller's dtype.
 
 The networks live in a `FrozenModels` holder: never nn.Module children of a system, so never in a
-checkpoint and never moved or walked by Lightning. Subclasses: lift3d.models.stable_diffusion
-(SD 1.x/2.x, depth- and ControlNet-conditioned SD), lift3d.models.zero123 (Zero-1-to-3, Stable
-Zero123), lift3d.models.deepfloyd_if (pixel-space IF stage I).
+checkpoint and never moved or walked by Lightning. Subclasses, one file per prior:
+lift3d.models.stable_diffusion (SD 1.x/2.x), .stable_diffusion_depth (depth2img),
+.stable_diffusion_controlnet, .zero123 (Zero-1-to-3, Stable Zero123), .deepfloyd_if (pixel-space IF).
 """
 from __future__ import annotations
 
