@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from lift3d.materials import split_sum as ss
 from lift3d.materials.pbr import tangent_frame
 from lift3d.registry import find
+from lift3d.utils.hdr_io import read_hdr, write_hdr
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_GRID = {"otype": "HashGrid", "n_levels": 4, "n_features_per_level": 2, "log2_hashmap_size": 12,
@@ -34,8 +35,8 @@ def test_hdr_round_trip(tmp_path, rle):
     image[3, 5:30] = image[3, 5]  # a run for the encoder
     image[7, :4] = 0.0
     path = tmp_path / "x.hdr"
-    ss.write_hdr(path, image, rle=rle)
-    back = ss.read_hdr(path)
+    write_hdr(path, image, rle=rle)
+    back = read_hdr(path)
     assert back.shape == image.shape
     # RGBE keeps 8 bits of mantissa relative to the largest channel
     assert np.all(np.abs(back - image) <= image.max(-1, keepdims=True) / 128.0 + 1e-30)
@@ -46,7 +47,7 @@ def test_shipped_environment_is_reproducible_and_sensible():
     import importlib.util
 
     path = REPO / "load/lights/studio_sky.hdr"
-    env = ss.read_hdr(path)
+    env = read_hdr(path)
     assert env.shape == (256, 512, 3) and np.isfinite(env).all() and env.min() >= 0
     assert path.stat().st_size < 300_000
     spec = importlib.util.spec_from_file_location("make_lights", REPO / "load/lights/make_lights.py")
@@ -146,13 +147,13 @@ def test_tangent_frames_are_orthonormal_and_right_handed():
 
 def constant_env_file(tmp_path, value=0.5):
     path = tmp_path / "grey.hdr"
-    ss.write_hdr(path, np.full((16, 32, 3), value, dtype=np.float32))
+    write_hdr(path, np.full((16, 32, 3), value, dtype=np.float32))
     return str(path)
 
 
 def test_split_sum_shading_under_a_constant_environment(tmp_path):
     path = constant_env_file(tmp_path)
-    level = 2.0 * float(ss.read_hdr(path).mean())  # 0.5 x scale 2, as RGBE stores it (≈ 1.004)
+    level = 2.0 * float(read_hdr(path).mean())  # 0.5 x scale 2, as RGBE stores it (≈ 1.004)
     mat = find("pbr-material")({"environment_texture": path, "environment_scale": 2.0,
                                 "min_roughness": 0.4, "max_roughness": 0.4, "min_metallic": 0.3, "max_metallic": 0.3})
     features = torch.zeros(3, 8)

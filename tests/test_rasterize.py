@@ -1,5 +1,5 @@
-"""Tests of lift3d.ops.rasterize (rasterize / interpolate / antialias / render_mesh_attributes)
-and lift3d.ops.mesh_io. CPU, a few seconds in all.
+"""Tests of lift3d.ops.rasterize (rasterize / interpolate / render_mesh_attributes),
+lift3d.ops.antialias and lift3d.ops.mesh_io. CPU, a few seconds in all.
 
 Benchmark (printed, not asserted):  python tests/test_rasterize.py
 """
@@ -20,9 +20,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from lift3d.ops.antialias import antialias  # noqa: E402
 from lift3d.ops.mesh_io import load_mesh, normalize_mesh  # noqa: E402
 from lift3d.ops.rasterize import (  # noqa: E402
-    antialias,
     edge_topology,
     interpolate,
     pixel_centers_ndc,

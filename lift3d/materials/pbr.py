@@ -34,8 +34,9 @@ import torch.nn.functional as F
 
 from lift3d.errors import ConfigError
 from lift3d.materials.base import BaseMaterial
-from lift3d.materials.split_sum import EnvironmentLight, linear_to_srgb, read_hdr, srgb_to_linear
+from lift3d.materials.split_sum import EnvironmentLight, linear_to_srgb, srgb_to_linear
 from lift3d.registry import register
+from lift3d.utils.hdr_io import read_hdr
 
 KEY = "system.material"
 
@@ -78,21 +79,21 @@ class PBRMaterial(BaseMaterial):
     n_features = 8
 
     @classmethod
-    def validate_config(cls, cfg: Any) -> None:
+    def validate_config(cls, cfg: Any, path: str = KEY) -> None:
         from lift3d.utils.paths import resolve_file
 
-        path = resolve_file(cfg.environment_texture, f"{KEY}.environment_texture", "HDR environment map")
-        if path.suffix.lower() != ".hdr":
-            raise ConfigError(f"{KEY}.environment_texture '{cfg.environment_texture}': give a Radiance .hdr file.")
+        texture = resolve_file(cfg.environment_texture, f"{path}.environment_texture", "HDR environment map")
+        if texture.suffix.lower() != ".hdr":
+            raise ConfigError(f"{path}.environment_texture '{cfg.environment_texture}': give a Radiance .hdr file.")
         for lo, hi in (("min_metallic", "max_metallic"), ("min_roughness", "max_roughness")):
             if not 0.0 <= cfg[lo] <= cfg[hi] <= 1.0:
-                raise ConfigError(f"{KEY}.{lo} / {hi} = {cfg[lo]} / {cfg[hi]}: need 0 <= {lo} <= {hi} <= 1.")
+                raise ConfigError(f"{path}.{lo} / {hi} = {cfg[lo]} / {cfg[hi]}: need 0 <= {lo} <= {hi} <= 1.")
         if cfg.environment_scale <= 0:
-            raise ConfigError(f"{KEY}.environment_scale must be > 0, got {cfg.environment_scale}.")
+            raise ConfigError(f"{path}.environment_scale must be > 0, got {cfg.environment_scale}.")
         if cfg.material_activation != "sigmoid":
-            raise ConfigError(f"{KEY}.material_activation '{cfg.material_activation}': only sigmoid is supported.")
+            raise ConfigError(f"{path}.material_activation '{cfg.material_activation}': only sigmoid is supported.")
         if cfg.n_roughness_levels < 2 or cfg.environment_resolution < 8:
-            raise ConfigError(f"{KEY}.n_roughness_levels must be >= 2 and environment_resolution >= 8.")
+            raise ConfigError(f"{path}.n_roughness_levels must be >= 2 and environment_resolution >= 8.")
 
     def configure(self) -> None:
         from lift3d.utils.paths import resolve_file

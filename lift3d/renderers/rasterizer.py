@@ -25,7 +25,8 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from lift3d.ops.rasterize import antialias, edge_topology, interpolate, rasterize
+from lift3d.ops.antialias import antialias
+from lift3d.ops.rasterize import edge_topology, interpolate, rasterize
 from lift3d.registry import register
 from lift3d.renderers.base import BaseRenderer
 

@@ -65,7 +65,7 @@ def studio_sky(H: int = 256) -> np.ndarray:
 
 
 def main() -> None:
-    from lift3d.materials.split_sum import write_hdr
+    from lift3d.utils.hdr_io import write_hdr
 
     out = HERE / "studio_sky.hdr"
     write_hdr(out, studio_sky())
