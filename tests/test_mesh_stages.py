@@ -329,7 +329,8 @@ def _render_textured_obj(tm, mvp: torch.Tensor, size: int) -> torch.Tensor:
     """Render a trimesh with UVs + texture (over white) with lift3d's rasterizer → [1,H,W,3], row 0 = top."""
     import torch.nn.functional as F
 
-    from lift3d.ops.rasterize import antialias, edge_topology, interpolate, rasterize
+    from lift3d.ops.antialias import antialias
+    from lift3d.ops.rasterize import edge_topology, interpolate, rasterize
 
     v = torch.tensor(np.asarray(tm.vertices), dtype=torch.float32)
     f = torch.tensor(np.asarray(tm.faces), dtype=torch.long)
