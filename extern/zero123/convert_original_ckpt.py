@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pickle
 import re
 import sys
@@ -261,14 +262,65 @@ def make_scheduler(state):
     return DDIMScheduler(**kwargs)
 
 
-def resolve_image_encoder(image_encoder: str) -> str:
-    """Local folder of the CLIP image encoder (folder or Hub id in the HF cache), or ModelNotFoundError."""
-    from lift3d.models.loading import resolve_pretrained
+_OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DIFFUSERS_OFFLINE")
+_ENCODER_WHAT = "CLIP image encoder for --image-encoder"
 
-    return resolve_pretrained(
-        image_encoder, "CLIP image encoder for --image-encoder", ("config.json",),
-        tiny_hint="`python -m lift3d.models.tiny_factory --out DIR --kind zero123`, then use DIR/image_encoder",
-    )
+
+def _offline_var() -> Optional[str]:
+    """Name of the first env variable that puts Hugging Face libraries offline, or None."""
+    for var in _OFFLINE_VARS:
+        if os.environ.get(var, "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+            return var
+    return None
+
+
+def _encoder_not_found(name: str, looked: list[str]) -> FileNotFoundError:
+    how = []
+    if re.fullmatch(r"[A-Za-z0-9][\w.\-]*/[A-Za-z0-9][\w.\-]*", name):
+        how.append(f"on a machine with internet run `hf download {name}` (older huggingface_hub: "
+                   f"`huggingface-cli download {name}`) and copy its Hugging Face cache here, or add "
+                   f"`--local-dir DIR` and use DIR")
+    how.append("set --image-encoder=/path/to/folder (a folder holding config.json)")
+    how.append("for tests and dry runs make a tiny random model: "
+               "`python -m lift3d.models.tiny_factory --out DIR --kind zero123`, then use DIR/image_encoder")
+    lines = [f"{_ENCODER_WHAT}: no usable model found for {name!r}.", "Looked in:"]
+    lines += [f"  - {item}" for item in looked] + ["To provide it:"] + [f"  - {item}" for item in how]
+    return FileNotFoundError("\n".join(lines))
+
+
+def resolve_image_encoder(image_encoder: str) -> str:
+    """A loadable name of the CLIP image encoder — a local folder, the Hugging Face cache's snapshot of
+    a Hub id, or (online) the Hub id itself — whose config.json has been read, so that a missing model
+    fails before any conversion work; FileNotFoundError saying where it looked and how to provide it."""
+    from transformers import CLIPVisionConfig
+
+    name = str(image_encoder).strip()
+    local = os.path.abspath(os.path.expanduser(name))
+    looked = []
+    if os.path.isdir(local):
+        if os.path.isfile(os.path.join(local, "config.json")):
+            return local
+        raise _encoder_not_found(name, [f"local folder {local}: exists but lacks config.json"])
+    looked.append(f"local folder {local}: does not exist")
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot = snapshot_download(name, local_files_only=True)
+        if os.path.isfile(os.path.join(snapshot, "config.json")):
+            return snapshot
+        looked.append(f"Hugging Face cache: snapshot {snapshot} lacks config.json")
+    except Exception as exc:  # not cached, not a repo id, no huggingface_hub
+        looked.append(f"Hugging Face cache: not cached ({exc.__class__.__name__})")
+    offline = _offline_var()
+    if offline:
+        looked.append(f"the Hub: not asked, {offline}={os.environ[offline]}")
+        raise _encoder_not_found(name, looked)
+    try:
+        CLIPVisionConfig.from_pretrained(name)  # one small file: the id exists and is a CLIP vision model
+    except Exception as exc:
+        looked.append(f"the Hub: {exc.__class__.__name__}: {str(exc).splitlines()[0][:160]}")
+        raise _encoder_not_found(name, looked) from None
+    return name
 
 
 def _copy_image_encoder(folder: str, out: Path) -> None:
