@@ -190,7 +190,7 @@ def test_coarse_latent_is_the_area_downsampled_normal_and_mask(tiny_sd_path):
     ro = render_out(9, full_mask=True)
     avg = F.interpolate((2 * ro["comp_normal"] - 1).permute(0, 3, 1, 2), size=(8, 8), mode="area")
     z = g.coarse_latents(ro)
-    src, dst = avg.flatten(2), z[:, :3].flatten(2)  # [B,3,64]
+    src, dst = avg.detach().flatten(2), z[:, :3].detach().flatten(2)  # [B,3,64]
     for b in range(B):  # least-squares R with dst = R src; it is orthonormal with det +1 and fits exactly
         rot = torch.linalg.lstsq(src[b].T, dst[b].T).solution.T
         torch.testing.assert_close(rot @ src[b], dst[b], atol=1e-5, rtol=1e-4)
