@@ -36,7 +36,8 @@ from torch import Tensor
 
 from lift3d.errors import ConfigError
 from lift3d.guidance.sds import WEIGHTING_STRATEGIES, Prediction, resize_nchw, sds_weight
-from lift3d.models.frozen import SD_GUIDANCE_FILES, resolve_model
+from lift3d.models.frozen import resolve_model
+from lift3d.models.stable_diffusion import StableDiffusion
 from lift3d.guidance.stable_diffusion import StableDiffusionGuidance, require_text_embeddings
 from lift3d.registry import register
 
@@ -46,7 +47,7 @@ from .camera_encoder import camera_inputs
 from .cg_lora import CGLoRA, cross_attention_layers
 
 KEY = "system.guidance"
-XDREAMER_FILES = SD_GUIDANCE_FILES + ("tokenizer",)
+XDREAMER_FILES = StableDiffusion.REQUIRED_FILES + ("tokenizer",)
 PARAMS_PREFIX = "guidance_params."
 
 

@@ -18,12 +18,7 @@ import torch
 from lift3d.errors import ConfigError
 from lift3d.models.loading import ModelNotFoundError, resolve_pretrained
 
-SD_GUIDANCE_FILES = ("model_index.json", "unet/config.json", "vae/config.json", "scheduler/scheduler_config.json")
 SD_TEXT_FILES = ("model_index.json", "text_encoder/config.json", "tokenizer")
-ZERO123_FILES = (
-    "model_index.json", "unet/config.json", "vae/config.json", "image_encoder/config.json",
-    "clip_camera_projection/config.json", "scheduler/scheduler_config.json",
-)
 
 
 class DiffusionModelNotFoundError(ModelNotFoundError, ConfigError):
@@ -111,6 +106,6 @@ def free_memory() -> None:
 
 
 __all__ = [
-    "DiffusionModelNotFoundError", "FrozenModels", "SD_GUIDANCE_FILES", "SD_TEXT_FILES", "ZERO123_FILES",
+    "DiffusionModelNotFoundError", "FrozenModels", "SD_TEXT_FILES",
     "default_device", "free_memory", "freeze", "half_precision_mode", "resolve_model", "weights_dtype",
 ]

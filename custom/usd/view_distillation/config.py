@@ -21,7 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 from lift3d.config import check_keys, check_mandatory, parse_overrides, parse_structured
 from lift3d.data.image_io import read_rgba
 from lift3d.errors import ConfigError
-from lift3d.models.frozen import SD_GUIDANCE_FILES, SD_TEXT_FILES, ZERO123_FILES, resolve_model
+from lift3d.models.frozen import SD_TEXT_FILES, resolve_model
+from lift3d.models.stable_diffusion import StableDiffusion
+from lift3d.models.zero123 import Zero123
 from lift3d.utils.paths import REPO_ROOT
 from lift3d.utils.rgba_dataset import test_pass_datasets
 
@@ -262,9 +264,9 @@ def resolve_inputs(cfg: Any) -> Inputs:
     zero123_name = str(from_run(cfg.models.zero123, "system.guidance.pretrained_model_name_or_path", DEFAULT_ZERO123))
     zero123_type = str(from_run(cfg.models.zero123_guidance_type, "system.guidance.zero123_guidance_type",
                                 "zero123-guidance"))
-    sd = resolve_model(sd_name, "Stable Diffusion for models.sd", SD_GUIDANCE_FILES)
+    sd = StableDiffusion.resolve(sd_name, "Stable Diffusion for models.sd")
     resolve_model(sd_name, "Stable Diffusion text encoder for models.sd", SD_TEXT_FILES)
-    zero123 = resolve_model(zero123_name, "Zero-1-to-3 for models.zero123", ZERO123_FILES)
+    zero123 = Zero123.resolve(zero123_name, "Zero-1-to-3 for models.zero123")
     neus_config = None
     if cfg.neus.enabled:
         neus_config = _resolve_path(cfg.neus.config)
