@@ -558,7 +558,7 @@ def run_stage(stage: Stage, args, models: Models, device: torch.device, tflops: 
     del system, guidance, timed, optimizer
     if hasattr(datamodule, "teardown"):
         datamodule.teardown("fit")
-    from lift3d.guidance.diffusion_loading import free_memory
+    from lift3d.models.frozen import free_memory
 
     free_memory()
     return result

@@ -120,7 +120,7 @@ def test_toy_sd_prior_draws_the_prompted_object(prompt, shape, colour, one_torch
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
     from lift3d.prompt.stable_diffusion import encode_prompts
-    from lift3d.guidance.ddim import ddim_sample, ddim_timesteps
+    from lift3d.models.ddim import ddim_sample, ddim_timesteps
     from tools.toyworld.shapes import COLOURS
 
     unet = UNet2DConditionModel.from_pretrained(TOY_SD, subfolder="unet").eval()

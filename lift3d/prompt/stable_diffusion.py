@@ -30,7 +30,7 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 from lift3d.errors import ConfigError
-from lift3d.guidance.diffusion_loading import SD_TEXT_FILES, default_device, free_memory, resolve_model
+from lift3d.models.frozen import SD_TEXT_FILES, default_device, free_memory, resolve_model
 from lift3d.prompt.base import BasePromptProcessor
 from lift3d.prompt.cache import TextEmbeddingCache, model_fingerprint
 from lift3d.prompt.directions import DIRECTION_NAMES, ViewDirection, direction_indices, make_directions, view_prompt

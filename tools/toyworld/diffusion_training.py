@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from lift3d.guidance.sds import add_noise
+from lift3d.models.noise_schedule import add_noise
 from lift3d.models.tiny_factory import SD_SCHEDULE
 
 IMAGE_SIZE = 32  # toy-world image side

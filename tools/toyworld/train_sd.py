@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from lift3d.guidance.ddim import ddim_sample, ddim_timesteps
+from lift3d.models.ddim import ddim_sample, ddim_timesteps
 from lift3d.models.tiny_factory import TEXT_MAX_LENGTH, folder_size_bytes, write_sd_folder, write_tokenizer
 from tools.toyworld import dataset as toy_dataset
 from tools.toyworld.train_vae import load_vae

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from extern.zero123.camera import relative_camera_embedding
-from lift3d.guidance.ddim import ddim_sample, ddim_timesteps
+from lift3d.models.ddim import ddim_sample, ddim_timesteps
 from lift3d.models.tiny_factory import clip_image_processor, folder_size_bytes, write_zero123_folder
 from tools.toyworld import dataset as toy_dataset
 from tools.toyworld.diffusion_training import (
