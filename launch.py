@@ -96,7 +96,7 @@ def run(args: argparse.Namespace, extras: list[str]) -> int:
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = find(cfg.data_type)(cfg.data)
-    system = find(cfg.system_type)(cfg.system, resumed=cfg.resume is not None)
+    system = find(cfg.system_type)(cfg.system, resumed=cfg.resume is not None, exp_root_dir=cfg.exp_root_dir)
     system.set_save_dir(trial / "save")
 
     callbacks: list = []

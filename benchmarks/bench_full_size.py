@@ -290,11 +290,11 @@ def stage_config(stage: Stage, args, models: Models):
     from omegaconf import OmegaConf
 
     from lift3d.config import load_config
-    from lift3d.registry import _REGISTRY
+    from lift3d.registry import is_registered
 
     usd = next((d / stage.usd_config for d in (REPO / "configs", REPO / "custom" / "usd" / "configs")
                 if (d / stage.usd_config).is_file()), None)
-    if usd is not None and not args.stand_in and any(name in _REGISTRY for name in stage.usd_guidance):
+    if usd is not None and not args.stand_in and any(is_registered(name) for name in stage.usd_guidance):
         raw = OmegaConf.load(usd)
 
         def missing(dotted: str) -> bool:  # a mandatory (???) value, given on the command line by users

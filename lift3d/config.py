@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
 import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lift3d.errors import ConfigError, did_you_mean
@@ -119,12 +118,6 @@ def load_config(
     return merged
 
 
-def to_primitive(cfg: Any, resolve: bool = True) -> Any:
-    if isinstance(cfg, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(cfg, resolve=resolve)
-    return cfg
-
-
 def dump_config(path: str | Path, cfg: Any) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as fp:
@@ -225,11 +218,10 @@ def validate_experiment(cfg: DictConfig, fitting: bool = True) -> None:
     if not cfg.system_type:
         raise ConfigError("config has no 'system_type': name a system, e.g. lift3d-system.")
     data_cls = find(cfg.data_type)
-    parse_structured(data_cls.Config, cfg.data, "data", f"data module '{cfg.data_type}'")
-    if hasattr(data_cls, "validate_config"):
-        data_cls.validate_config(parse_structured(data_cls.Config, cfg.data, "data"))
+    data_cls.validate_config(parse_structured(data_cls.Config, cfg.data, "data", f"data module '{cfg.data_type}'"), "data")
     system_cls = find(cfg.system_type)
-    system_cls.validate_config(cfg.system, path="system", resumed=cfg.resume is not None, fitting=fitting)
+    system_cls.validate_config(cfg.system, path="system", resumed=cfg.resume is not None, fitting=fitting,
+                               exp_root_dir=cfg.exp_root_dir)
 
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint
@@ -237,6 +229,3 @@ def validate_experiment(cfg: DictConfig, fitting: bool = True) -> None:
     _check_call_kwargs(pl.Trainer.__init__, cfg.trainer, "trainer", "Lightning's Trainer")
     _check_call_kwargs(ModelCheckpoint.__init__, cfg.checkpoint, "checkpoint", "Lightning's ModelCheckpoint")
 
-
-def is_finite_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

@@ -1,8 +1,9 @@
 """Name → class registry (docs/DESIGN.md, "Core contracts").
 
-`@register("name")` records a class; `find("name")` returns it. Built-in modules are imported on
+`@register("name")` records a class; `find("name")` returns it, `is_registered("name")` says
+whether it exists, and `name_of(cls)` is the inverse of `find`. Built-in modules are imported on
 the first lookup so that `import lift3d` stays light; plugins register when `lift3d.plugins`
-imports them.
+imports them. The table itself is private to this module: read it through these functions.
 """
 from __future__ import annotations
 
@@ -82,16 +83,37 @@ def registered_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def _load_all() -> None:
+    load_builtins()
+    from lift3d.plugins import load_plugins
+
+    load_plugins()
+
+
+def is_registered(name: str) -> bool:
+    """Whether a built-in or plugin component is registered as `name`."""
+    if name not in _REGISTRY:
+        _load_all()
+    return name in _REGISTRY
+
+
 def find(name: str) -> type:
     """Return the class registered as `name`, or raise an error listing the closest names."""
-    if name not in _REGISTRY:
-        load_builtins()
-        from lift3d.plugins import load_plugins
-
-        load_plugins()
-    if name not in _REGISTRY:
+    if not is_registered(name):
         raise RegistryError(
             f"unknown registered name '{name}'.{did_you_mean(name, _REGISTRY, cutoff=0.5)} "
             f"Registered names: {', '.join(sorted(_REGISTRY))}."
         )
     return _REGISTRY[name]
+
+
+def name_of(cls: type) -> str:
+    """The name `cls` is registered under (the inverse of `find`); RegistryError if it has none.
+    A class is looked up by identity: a subclass of a registered class is not registered."""
+    for name, registered in _REGISTRY.items():
+        if registered is cls:
+            return name
+    raise RegistryError(
+        f"{_owner(cls)} is not a registered component: decorate it with "
+        f"@lift3d.registry.register(\"<name>\") (in a built-in module or a custom/<plugin> package)."
+    )

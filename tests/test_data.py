@@ -31,7 +31,7 @@ from lift3d.data.random_camera import (
 )
 from lift3d.data.single_image import SingleImageDataModule
 from lift3d.errors import ConfigError
-from lift3d.registry import _REGISTRY
+from lift3d.registry import find, name_of
 
 SMALL_EVAL = {"eval_height": 4, "eval_width": 6}
 
@@ -384,8 +384,9 @@ def test_validate_config_accepts_threestudio_style_config():
         warnings.simplefilter("always")
         RandomCameraDataModule.validate_config({"height": 64, "resolution_milestones": [10]})
     assert any("ignored" in str(w.message) for w in caught)
-    assert _REGISTRY["random-camera-datamodule"] is RandomCameraDataModule
-    assert _REGISTRY["single-image-datamodule"] is SingleImageDataModule
+    assert find("random-camera-datamodule") is RandomCameraDataModule
+    assert find("single-image-datamodule") is SingleImageDataModule
+    assert name_of(SingleImageDataModule) == "single-image-datamodule"
 
 
 # ---------------------------------------------------------------- single image
@@ -426,7 +427,7 @@ def test_load_rgba_values(rgba_path):
 def test_single_image_batch_shapes_and_repeat(rgba_path):
     dm = SingleImageDataModule(_single_cfg(rgba_path, batch_size=2))
     batch = next(iter(dm.train_dataloader()))
-    assert set(batch) == set(CAMERA_BATCH_KEYS) | {"rgb", "mask", "random_camera"}
+    assert set(batch) == set(CAMERA_BATCH_KEYS) | {"rgb", "alpha", "mask", "random_camera"}
     assert batch["rgb"].shape == (2, 8, 8, 3) and batch["mask"].shape == (2, 8, 8, 1)
     assert batch["rays_o"].shape == (2, 8, 8, 3) and batch["c2w"].shape == (2, 4, 4)
     for key in ("elevation", "azimuth", "camera_distances", "fovy"):

@@ -300,8 +300,8 @@ def test_mesh_method_configs_parse_and_their_components_validate(config):
             continue
         cls = find(name)
         parsed = parse_structured(cls.Config, system.get(comp, {}), f"system.{comp}", name)
-        if hasattr(cls, "validate_config") and comp not in ("guidance", "prompt_processor"):
-            cls.validate_config(parsed)
+        if comp not in ("guidance", "prompt_processor"):
+            cls.validate_config(parsed, f"system.{comp}")
     assert OmegaConf.is_missing(system, "geometry_convert_from") == (config not in ("magic3d-coarse-sd.yaml", "fantasia3d.yaml"))
 
 

@@ -37,14 +37,14 @@ class CustomMesh(BaseExplicitGeometry):
         shape_init_mesh_front: str = "+x"
 
     @classmethod
-    def validate_config(cls, cfg: Any) -> None:
+    def validate_config(cls, cfg: Any, path: str = "system.geometry") -> None:
         from lift3d.geometry.sdf_init import validate_shape_init
 
         if not str(cfg.shape_init).startswith("mesh:"):
             raise ConfigError(
-                f"system.geometry.shape_init '{cfg.shape_init}': custom-mesh needs mesh:<path to an OBJ/PLY/GLB file>."
+                f"{path}.shape_init '{cfg.shape_init}': custom-mesh needs mesh:<path to an OBJ/PLY/GLB file>."
             )
-        validate_shape_init(cfg.shape_init, cfg.shape_init_params, cfg.shape_init_mesh_up, cfg.shape_init_mesh_front)
+        validate_shape_init(cfg.shape_init, cfg.shape_init_params, cfg.shape_init_mesh_up, cfg.shape_init_mesh_front, path)
 
     def configure(self) -> None:
         from lift3d.geometry.sdf_init import load_init_mesh

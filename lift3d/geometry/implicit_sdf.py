@@ -67,19 +67,19 @@ class ImplicitSDF(BaseImplicitGeometry):
     convertible_from = ("implicit-sdf",)
 
     @classmethod
-    def validate_config(cls, cfg: Any) -> None:
+    def validate_config(cls, cfg: Any, path: str = "system.geometry") -> None:
         from lift3d.geometry.sdf_init import validate_shape_init
 
         if cfg.normal_type not in ("finite_difference", "analytic"):
-            raise ConfigError(f"system.geometry.normal_type '{cfg.normal_type}': use finite_difference or analytic.")
+            raise ConfigError(f"{path}.normal_type '{cfg.normal_type}': use finite_difference or analytic.")
         if cfg.isosurface_method not in ("mt", "mc"):
-            raise ConfigError(f"system.geometry.isosurface_method '{cfg.isosurface_method}': use mt or mc.")
+            raise ConfigError(f"{path}.isosurface_method '{cfg.isosurface_method}': use mt or mc.")
         bias = cfg.sdf_bias
         if isinstance(bias, str) and bias not in ("sphere", "ellipsoid"):
-            raise ConfigError(f"system.geometry.sdf_bias '{bias}': use a number, sphere or ellipsoid.")
+            raise ConfigError(f"{path}.sdf_bias '{bias}': use a number, sphere or ellipsoid.")
         if bias == "ellipsoid" and (cfg.sdf_bias_params is None or len(list(cfg.sdf_bias_params)) != 3):
-            raise ConfigError("system.geometry.sdf_bias_params must be the 3 semi-axes for sdf_bias=ellipsoid.")
-        validate_shape_init(cfg.shape_init, cfg.shape_init_params, cfg.shape_init_mesh_up, cfg.shape_init_mesh_front)
+            raise ConfigError(f"{path}.sdf_bias_params must be the 3 semi-axes for sdf_bias=ellipsoid.")
+        validate_shape_init(cfg.shape_init, cfg.shape_init_params, cfg.shape_init_mesh_up, cfg.shape_init_mesh_front, path)
 
     def configure(self) -> None:
         super().configure()

@@ -59,17 +59,17 @@ class ImplicitVolume(BaseImplicitGeometry):
     field_kind = "density"
 
     @classmethod
-    def validate_config(cls, cfg: Any) -> None:
+    def validate_config(cls, cfg: Any, path: str = "system.geometry") -> None:
         from lift3d.errors import ConfigError
 
         if cfg.normal_type not in ("finite_difference", "analytic"):
             raise ConfigError(
-                f"system.geometry.normal_type '{cfg.normal_type}' is not supported: use finite_difference or analytic."
+                f"{path}.normal_type '{cfg.normal_type}' is not supported: use finite_difference or analytic."
             )
         bias = cfg.density_bias
         if isinstance(bias, str) and bias not in ("blob_magic3d", "blob_dreamfusion"):
             raise ConfigError(
-                f"system.geometry.density_bias '{bias}': use blob_magic3d, blob_dreamfusion or a number."
+                f"{path}.density_bias '{bias}': use blob_magic3d, blob_dreamfusion or a number."
             )
 
     def configure(self) -> None:

@@ -47,8 +47,9 @@ _AXES = {
 }
 
 
-def parse_shape_init(spec: Optional[str]) -> Tuple[Optional[str], Optional[str]]:
-    """``None`` → (None, None); ``"sphere"`` → ("sphere", None); ``"mesh:a.obj"`` → ("mesh", "a.obj")."""
+def parse_shape_init(spec: Optional[str], path: str = "system.geometry") -> Tuple[Optional[str], Optional[str]]:
+    """``None`` → (None, None); ``"sphere"`` → ("sphere", None); ``"mesh:a.obj"`` → ("mesh", "a.obj").
+    `path`: the geometry's config path, for the messages."""
     if spec is None or spec == "":
         return None, None
     if spec.startswith("mesh:"):
@@ -56,42 +57,44 @@ def parse_shape_init(spec: Optional[str]) -> Tuple[Optional[str], Optional[str]]
     if spec in ("sphere", "ellipsoid"):
         return spec, None
     raise ConfigError(
-        f"system.geometry.shape_init '{spec}' is not supported: use one of {', '.join(SHAPE_INIT_KINDS)}."
+        f"{path}.shape_init '{spec}' is not supported: use one of {', '.join(SHAPE_INIT_KINDS)}."
     )
 
 
-def validate_shape_init(spec: Optional[str], params: Any, up: str, front: str) -> None:
-    """Raise ConfigError for a bad shape_init before any work starts."""
-    kind, path = parse_shape_init(spec)
+def validate_shape_init(spec: Optional[str], params: Any, up: str, front: str, path: str = "system.geometry") -> None:
+    """Raise ConfigError for a bad shape_init before any work starts; `path`: the geometry's config
+    path, for the messages."""
+    kind, mesh_path = parse_shape_init(spec, path)
     if kind == "ellipsoid":
         if params is None or len(list(params)) != 3:
             raise ConfigError(
-                "system.geometry.shape_init_params must be the 3 semi-axes [a, b, c] for shape_init=ellipsoid."
+                f"{path}.shape_init_params must be the 3 semi-axes [a, b, c] for shape_init=ellipsoid."
             )
     if kind == "sphere" and params is not None and not isinstance(params, (int, float)):
-        raise ConfigError("system.geometry.shape_init_params must be the radius (a number) for shape_init=sphere.")
+        raise ConfigError(f"{path}.shape_init_params must be the radius (a number) for shape_init=sphere.")
     if kind == "mesh":
         from lift3d.utils.paths import resolve_file
 
-        resolve_file(path, "system.geometry.shape_init", "mesh file")
+        resolve_file(mesh_path, f"{path}.shape_init", "mesh file")
         if params is not None and not isinstance(params, (int, float)):
             raise ConfigError(
-                "system.geometry.shape_init_params must be a number (the largest |coordinate| after "
+                f"{path}.shape_init_params must be a number (the largest |coordinate| after "
                 "centring) or null (keep the mesh as stored) for shape_init=mesh:<path>."
             )
-        mesh_axes_to_world(up, front)
+        mesh_axes_to_world(up, front, path)
 
 
-def mesh_axes_to_world(up: str, front: str) -> np.ndarray:
-    """3x3 rotation taking the mesh's `up` axis to +z and its `front` axis to +x."""
+def mesh_axes_to_world(up: str, front: str, path: str = "system.geometry") -> np.ndarray:
+    """3x3 rotation taking the mesh's `up` axis to +z and its `front` axis to +x; `path`: the
+    geometry's config path, for the messages."""
     for key, name in (("shape_init_mesh_up", up), ("shape_init_mesh_front", front)):
         if name not in _AXES:
-            raise ConfigError(f"system.geometry.{key} '{name}' must be one of {', '.join(_AXES)}.")
+            raise ConfigError(f"{path}.{key} '{name}' must be one of {', '.join(_AXES)}.")
     z_ = np.array(_AXES[up])
     x_ = np.array(_AXES[front])
     if abs(float(z_ @ x_)) > 0.5:
         raise ConfigError(
-            f"system.geometry.shape_init_mesh_up '{up}' and shape_init_mesh_front '{front}' must be perpendicular."
+            f"{path}.shape_init_mesh_up '{up}' and shape_init_mesh_front '{front}' must be perpendicular."
         )
     y_ = np.cross(z_, x_)
     # rows: world x, y, z expressed in mesh coordinates → world = R @ mesh

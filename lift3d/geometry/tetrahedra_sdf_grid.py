@@ -109,14 +109,14 @@ class TetrahedraSDFGrid(BaseExplicitGeometry):
     convertible_from = ("implicit-volume", "implicit-sdf", "tetrahedra-sdf-grid", "custom-mesh")
 
     @classmethod
-    def validate_config(cls, cfg: Any) -> None:
+    def validate_config(cls, cfg: Any, path: str = "system.geometry") -> None:
         from lift3d.geometry.sdf_init import validate_shape_init
 
         if cfg.isosurface_resolution < 1:
-            raise ConfigError("system.geometry.isosurface_resolution must be a positive integer (tet grid cubes per axis).")
+            raise ConfigError(f"{path}.isosurface_resolution must be a positive integer (tet grid cubes per axis).")
         if cfg.convert_sdf not in ("distance", "clamp"):
-            raise ConfigError(f"system.geometry.convert_sdf '{cfg.convert_sdf}': use distance or clamp.")
-        validate_shape_init(cfg.shape_init, cfg.shape_init_params, cfg.shape_init_mesh_up, cfg.shape_init_mesh_front)
+            raise ConfigError(f"{path}.convert_sdf '{cfg.convert_sdf}': use distance or clamp.")
+        validate_shape_init(cfg.shape_init, cfg.shape_init_params, cfg.shape_init_mesh_up, cfg.shape_init_mesh_front, path)
 
     def configure(self) -> None:
         super().configure()

@@ -42,35 +42,37 @@ KEY = "system.prompt_processor"
 
 
 # ---------------------------------------------------------------------------------- prompt library
-def _library_path(path: str) -> Path:
+def _library_path(path: str, key: str = KEY) -> Path:
     p = Path(path).expanduser()
     if p.is_file():
         return p
     if not p.is_absolute() and (REPO_ROOT / p).is_file():
         return REPO_ROOT / p
-    raise ConfigError(f"{KEY}.prompt_library: prompt library '{path}' does not exist (looked in {Path.cwd()} and {REPO_ROOT}).")
+    raise ConfigError(f"{key}.prompt_library: prompt library '{path}' does not exist (looked in {Path.cwd()} and {REPO_ROOT}).")
 
 
-def library_prompts(path: str) -> list[str]:
-    """Every prompt of a library file: a JSON list, or an object of lists (e.g. {"dreamfusion": [...]})."""
-    lib_path = _library_path(path)
+def library_prompts(path: str, key: str = KEY) -> list[str]:
+    """Every prompt of a library file: a JSON list, or an object of lists (e.g. {"dreamfusion": [...]}).
+    `key`: the prompt processor's config path, for the messages."""
+    lib_path = _library_path(path, key)
     try:
         data = json.loads(lib_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"{KEY}.prompt_library: cannot read '{lib_path}' as JSON ({exc}).") from None
+        raise ConfigError(f"{key}.prompt_library: cannot read '{lib_path}' as JSON ({exc}).") from None
     groups = data.values() if isinstance(data, dict) else [data]
     prompts = [p for group in groups if isinstance(group, list) for p in group if isinstance(p, str)]
     return list(dict.fromkeys(prompts))
 
 
-def resolve_prompt(prompt: str, library: str = "load/prompt_library.json") -> str:
-    """`prompt` itself, or for "lib:<words>" the unique library entry containing all the words."""
+def resolve_prompt(prompt: str, library: str = "load/prompt_library.json", key: str = KEY) -> str:
+    """`prompt` itself, or for "lib:<words>" the unique library entry containing all the words.
+    `key`: the prompt processor's config path, for the messages."""
     if not prompt.startswith(LIBRARY_PREFIX):
         return prompt
     words = [w for w in re.split(r"[\s_]+", prompt[len(LIBRARY_PREFIX):].lower()) if w]
     if not words:
-        raise ConfigError(f"{KEY}.prompt='{prompt}': give words after 'lib:', e.g. prompt=\"lib:pineapple\".")
-    prompts = library_prompts(library)
+        raise ConfigError(f"{key}.prompt='{prompt}': give words after 'lib:', e.g. prompt=\"lib:pineapple\".")
+    prompts = library_prompts(library, key)
     patterns = [re.compile(rf"(?<![\w]){re.escape(w)}(?![\w])") for w in words]
     matches = [p for p in prompts if all(pat.search(p.lower()) for pat in patterns)]
     if len(matches) == 1:
@@ -82,12 +84,12 @@ def resolve_prompt(prompt: str, library: str = "load/prompt_library.json") -> st
             f"The library has {len(prompts)} entries; none contains any of the words."
         )
         raise ConfigError(
-            f"{KEY}.prompt='{prompt}': no entry of {library} contains all of {words}. {hint} "
+            f"{key}.prompt='{prompt}': no entry of {library} contains all of {words}. {hint} "
             f"Use other words or write the prompt out in full."
         )
     shown = "; ".join(f'"{p}"' for p in matches[:10]) + (f"; ... ({len(matches)} in all)" if len(matches) > 10 else "")
     raise ConfigError(
-        f"{KEY}.prompt='{prompt}' is ambiguous: {len(matches)} entries of {library} contain {words}: {shown}. "
+        f"{key}.prompt='{prompt}' is ambiguous: {len(matches)} entries of {library} contain {words}: {shown}. "
         f"Add words to pick one (e.g. lib:{'_'.join(words)}_<another word>) or write the prompt out."
     )
 
@@ -174,21 +176,21 @@ class StableDiffusionPromptProcessor(BasePromptProcessor):
         use_perp_neg: bool = False  # accepted for threestudio configs; only false is supported
 
     @classmethod
-    def validate_config(cls, cfg: Any) -> None:
+    def validate_config(cls, cfg: Any, path: str = KEY) -> None:
         missing = OmegaConf.is_config(cfg) and OmegaConf.is_missing(cfg, "prompt")
         if missing or not str(cfg.prompt).strip():
             raise ConfigError(
-                f"{KEY}.prompt is not set: give the text to lift, e.g. {KEY}.prompt=\"a DSLR photo of a pineapple\" "
-                f"or a prompt-library entry, {KEY}.prompt=\"lib:pineapple\"."
+                f"{path}.prompt is not set: give the text to lift, e.g. {path}.prompt=\"a DSLR photo of a pineapple\" "
+                f"or a prompt-library entry, {path}.prompt=\"lib:pineapple\"."
             )
-        resolve_prompt(cfg.prompt, cfg.prompt_library)
+        resolve_prompt(cfg.prompt, cfg.prompt_library, path)
         if cfg.use_perp_neg:
-            raise ConfigError(f"{KEY}.use_perp_neg=true is not supported by lift3d: set it to false.")
+            raise ConfigError(f"{path}.use_perp_neg=true is not supported by lift3d: set it to false.")
         for name in ("front_threshold", "back_threshold"):
             if not 0.0 <= float(cfg[name]) <= 180.0:
-                raise ConfigError(f"{KEY}.{name} = {cfg[name]}: use degrees in [0, 180].")
+                raise ConfigError(f"{path}.{name} = {cfg[name]}: use degrees in [0, 180].")
         resolve_model(cfg.pretrained_model_name_or_path,
-                      f"Stable Diffusion text encoder for {KEY}.pretrained_model_name_or_path", SD_TEXT_FILES)
+                      f"Stable Diffusion text encoder for {path}.pretrained_model_name_or_path", SD_TEXT_FILES)
 
     def configure(self) -> None:
         cfg = self.cfg

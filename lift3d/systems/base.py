@@ -8,9 +8,10 @@ values with `C()`, parses optimizer/scheduler configs, chains stages through
 
 Trainable guidance state: a guidance is a plain attribute (its frozen models stay out of the
 module tree and of checkpoints), but it may own trainable weights (e.g. X-Dreamer's CG-LoRA).
-A guidance that defines `trainable_modules() -> nn.Module | None` gets that module registered as
-the system's child `guidance_params`, so it is saved in checkpoints, reached by `update_step`,
-moved with the system, and optimised (optimizer group `guidance_params` or `guidance_params.<sub>`).
+The module a guidance returns from `BaseGuidance.trainable_modules()` (None by default) is
+registered as the system's child `guidance_params`, so it is saved in checkpoints, reached by
+`update_step`, moved with the system, and optimised (optimizer group `guidance_params` or
+`guidance_params.<sub>`).
 The guidance is built in `setup("fit")`, before Lightning restores a resumed checkpoint and
 builds the optimizer; runs that never build a guidance (--test, --export) drop the
 `guidance_params.*` entries of the checkpoint they load.
@@ -26,20 +27,21 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
+from lift3d.background.base import BaseBackground
 from lift3d.config import parse_structured
 from lift3d.errors import ConfigError
+from lift3d.export.base import BaseExporter
+from lift3d.geometry.base import BaseGeometry
+from lift3d.guidance.base import BaseGuidance
+from lift3d.materials.base import BaseMaterial
+from lift3d.prompt.base import BasePromptProcessor
 from lift3d.registry import find
+from lift3d.renderers.base import BaseRenderer
 from lift3d.systems.optim import make_optimizer, make_scheduler
 from lift3d.systems.regularizers import REGULARIZERS
-from lift3d.utils.base import Updateable
+from lift3d.systems.stage_chain import resolve_checkpoint_keys
+from lift3d.utils.base import Updateable, component_label
 from lift3d.utils.schedule import C
-
-
-def _registered_name(cls: type) -> str:
-    from lift3d.registry import _REGISTRY
-
-    names = [n for n, c in _REGISTRY.items() if c is cls]
-    return names[0] if names else cls.__qualname__
 
 
 class BaseLift3DSystem(pl.LightningModule, Updateable):
@@ -68,15 +70,15 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
         cleanup_after_validation_step: bool = False
         cleanup_after_test_step: bool = False
 
-    # (config key of the component, config key of its registered type)
+    # (config key of the component, config key of its registered type, the base class it derives from)
     COMPONENTS = (
-        ("geometry", "geometry_type"),
-        ("material", "material_type"),
-        ("background", "background_type"),
-        ("renderer", "renderer_type"),
-        ("guidance", "guidance_type"),
-        ("prompt_processor", "prompt_processor_type"),
-        ("exporter", "exporter_type"),
+        ("geometry", "geometry_type", BaseGeometry),
+        ("material", "material_type", BaseMaterial),
+        ("background", "background_type", BaseBackground),
+        ("renderer", "renderer_type", BaseRenderer),
+        ("guidance", "guidance_type", BaseGuidance),
+        ("prompt_processor", "prompt_processor_type", BasePromptProcessor),
+        ("exporter", "exporter_type", BaseExporter),
     )
     REQUIRED = ("geometry", "renderer", "guidance")
     # built only when fitting (they may load diffusion models): --test/--export never need them
@@ -86,22 +88,32 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
 
     # ------------------------------------------------------------------ validation (before work)
     @classmethod
-    def validate_config(cls, cfg: Any, path: str = "system", resumed: bool = False, fitting: bool = True) -> Any:
-        name = _registered_name(cls)
-        parsed = parse_structured(cls.Config, cfg, path, f"system '{name}'")
+    def validate_config(
+        cls, cfg: Any, path: str = "system", resumed: bool = False, fitting: bool = True, exp_root_dir: str = "outputs",
+    ) -> Any:
+        """Check the system's section and every component's (each class's `validate_config` with
+        its real path, `<path>.<component>`); `exp_root_dir` is where `LAST` checkpoints are looked
+        up (the experiment's top-level key). Returns the parsed section."""
+        parsed = parse_structured(cls.Config, cfg, path, f"system {component_label(cls)}")
         produced: set[str] = set(REGULARIZERS) | set(cls.system_losses)
-        for comp, type_key in cls.COMPONENTS:
+        for comp, type_key, base in cls.COMPONENTS:
             type_name = parsed[type_key]
             if not type_name:
                 if comp in cls.REQUIRED:
                     raise ConfigError(f"{path}.{type_key} is empty: name a registered {comp} type.")
                 continue
             comp_cls = find(type_name)
-            sub = parse_structured(comp_cls.Config, parsed[comp], f"{path}.{comp}", f"{comp} '{type_name}'")
-            if hasattr(comp_cls, "validate_config") and (fitting or comp not in cls.FIT_ONLY):
-                comp_cls.validate_config(sub)
+            if not issubclass(comp_cls, base):
+                raise ConfigError(
+                    f"{path}.{type_key} = '{type_name}' is not a {comp} ({comp_cls.__module__}.{comp_cls.__qualname__} "
+                    f"does not derive from {base.__module__}.{base.__qualname__}): name a registered {comp} type."
+                )
+            sub_path = f"{path}.{comp}"
+            sub = parse_structured(comp_cls.Config, parsed[comp], sub_path, f"{comp} '{type_name}'")
+            if fitting or comp not in cls.FIT_ONLY:
+                comp_cls.validate_config(resolve_checkpoint_keys(comp_cls, sub, sub_path, exp_root_dir), sub_path)
             if comp == "guidance":
-                produced |= {p[len("loss_"):] for p in getattr(comp_cls, "produces", ())}
+                produced |= {p[len("loss_"):] for p in comp_cls.produces}
         for key in parsed.loss.keys():
             if not key.startswith("lambda_") or key[len("lambda_"):] not in produced:
                 raise ConfigError(
@@ -115,22 +127,25 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
         if parsed.geometry_convert_from and not resumed:
             from lift3d.systems.stage_chain import previous_stage_config, resolve_checkpoint
 
-            ckpt = resolve_checkpoint(parsed.geometry_convert_from)
-            prev = previous_stage_config(ckpt)
+            key = f"{path}.geometry_convert_from"
+            ckpt = resolve_checkpoint(parsed.geometry_convert_from, exp_root_dir, key)
+            prev = previous_stage_config(ckpt, key)
             target = find(parsed.geometry_type)
             if not target.can_convert_from(prev.system.geometry_type):
                 raise ConfigError(
-                    f"{path}.geometry_convert_from: a '{prev.system.geometry_type}' geometry (from {ckpt}) "
+                    f"{key}: a '{prev.system.geometry_type}' geometry (from {ckpt}) "
                     f"cannot be converted into '{parsed.geometry_type}'."
                 )
         return parsed
 
     # ------------------------------------------------------------------ construction
-    def __init__(self, cfg: Any, resumed: bool = False) -> None:
+    def __init__(self, cfg: Any, resumed: bool = False, exp_root_dir: str = "outputs") -> None:
+        """`exp_root_dir`: the experiment's top-level key, where `LAST` checkpoints are looked up."""
         super().__init__()
-        self.cfg = parse_structured(self.Config, cfg, "system", f"system '{_registered_name(type(self))}'")
+        self.cfg = parse_structured(self.Config, cfg, "system", f"system {component_label(type(self))}")
         self._save_dir: Optional[Path] = None
         self._resumed = resumed
+        self._exp_root_dir = exp_root_dir
         self._loaded_global_step = 0
         self.guidance: Any = None
         self.prompt_processor: Any = None
@@ -152,7 +167,7 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
     def _convert_previous_geometry(self) -> Any:
         from lift3d.systems.stage_chain import load_previous_geometry
 
-        previous = load_previous_geometry(self.cfg.geometry_convert_from)
+        previous = load_previous_geometry(self.cfg.geometry_convert_from, self._exp_root_dir)
         geometry_cfg = OmegaConf.merge(self.cfg.geometry, self.cfg.geometry_convert_override)
         return find(self.cfg.geometry_type).create_from(
             previous, geometry_cfg, copy_net=self.cfg.geometry_convert_inherit_texture
@@ -165,9 +180,11 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
         if self.guidance is None:
             self.prompt_processor = find(self.cfg.prompt_processor_type)(self.cfg.prompt_processor)
             self.prompt_utils = self.prompt_processor()
-            self.guidance = find(self.cfg.guidance_type)(self.cfg.guidance)
-            trainable = getattr(self.guidance, "trainable_modules", None)
-            module = trainable() if callable(trainable) else None
+            guidance_cls = find(self.cfg.guidance_type)
+            self.guidance = guidance_cls(
+                resolve_checkpoint_keys(guidance_cls, self.cfg.guidance, "system.guidance", self._exp_root_dir)
+            )
+            module = self.guidance.trainable_modules()
             if module is not None:
                 self.guidance_params = module  # nn.Module child: checkpointed, optimised, moved
         if move:

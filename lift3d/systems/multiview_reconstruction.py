@@ -40,8 +40,10 @@ class MultiviewReconstructionSystem(Lift3DSystem):
     system_losses = ("rgb", "mask")
 
     @classmethod
-    def validate_config(cls, cfg: Any, path: str = "system", resumed: bool = False, fitting: bool = True) -> Any:
-        parsed = super().validate_config(cfg, path, resumed, fitting)
+    def validate_config(
+        cls, cfg: Any, path: str = "system", resumed: bool = False, fitting: bool = True, exp_root_dir: str = "outputs",
+    ) -> Any:
+        parsed = super().validate_config(cfg, path, resumed, fitting, exp_root_dir)
         if parsed.rgb_loss not in ("l1", "mse"):
             raise ConfigError(f"{path}.rgb_loss = '{parsed.rgb_loss}': use l1 or mse.")
         if parsed.guidance_type:

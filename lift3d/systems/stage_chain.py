@@ -1,13 +1,19 @@
-"""Stage chaining: `system.geometry_convert_from=<ckpt | trial dir | LAST>` (docs/DESIGN.md).
+"""Stage chaining: `system.geometry_convert_from=<ckpt | trial dir | <dir>/LAST | LAST>` (docs/DESIGN.md).
 
 The previous stage's geometry is rebuilt from the config saved beside its checkpoint
 (`<trial>/configs/parsed.yaml`), its weights are loaded, and the new geometry is created from it
 with the new geometry class's `create_from`.
+
+`LAST` is the newest `ckpts/last.ckpt` under the run's `exp_root_dir` (the experiment's top-level
+key, default `outputs`), `<dir>/LAST` the newest under `<dir>`. Components name their own
+checkpoint keys in `checkpoint_keys` (e.g. X-Dreamer's `lora_from`); the system resolves their
+`LAST` values here before the component sees its config (`resolve_checkpoint_keys`).
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from omegaconf import OmegaConf
@@ -15,14 +21,29 @@ from omegaconf import OmegaConf
 from lift3d.errors import ConfigError
 
 
-def resolve_checkpoint(spec: str, exp_root_dir: Optional[str] = None, name: Optional[str] = None) -> Path:
-    """A checkpoint file from a file path, a trial folder, or LAST (newest trial of `name`)."""
-    if spec == "LAST" or spec.endswith("/LAST"):
-        base = Path(spec[: -len("LAST")]) if spec != "LAST" else Path(exp_root_dir or "outputs")
+def is_last(spec: Any) -> bool:
+    """Whether a checkpoint spec asks for the newest trial (`LAST` or `<dir>/LAST`)."""
+    return isinstance(spec, str) and (spec == "LAST" or spec.endswith("/LAST"))
+
+
+def resolve_checkpoint(
+    spec: str, exp_root_dir: str | Path | None = None, key: str = "system.geometry_convert_from"
+) -> Path:
+    """A checkpoint file from a file path, a trial folder, `<dir>/LAST` (the newest trial's
+    ckpts/last.ckpt under <dir>) or `LAST` (the newest under `exp_root_dir`, the run's top-level
+    key: without it `LAST` is an error, as a component's checkpoint keys reach it already resolved
+    by the system). `key`: the config key the spec came from, for the messages."""
+    if spec == "LAST" and exp_root_dir is None:
+        raise ConfigError(
+            f"{key}=LAST: the run's exp_root_dir is not known here. Give the checkpoint, its trial folder or "
+            f"<exp_root_dir>/LAST (a component resolves LAST by naming the key in its checkpoint_keys)."
+        )
+    if is_last(spec):
+        base = Path(exp_root_dir) if spec == "LAST" else Path(spec[: -len("/LAST")])
         candidates = sorted(base.glob("**/ckpts/last.ckpt"), key=lambda p: p.stat().st_mtime)
         if not candidates:
             raise ConfigError(
-                f"system.geometry_convert_from=LAST found no trial with ckpts/last.ckpt under '{base}'. "
+                f"{key}={spec} found no trial with ckpts/last.ckpt under '{base}'. "
                 f"Run the previous stage first or give its checkpoint path."
             )
         return candidates[-1]
@@ -31,24 +52,39 @@ def resolve_checkpoint(spec: str, exp_root_dir: Optional[str] = None, name: Opti
         path = path / "ckpts" / "last.ckpt"
     if not path.is_file():
         raise ConfigError(
-            f"system.geometry_convert_from: checkpoint '{path}' does not exist. Give the previous "
+            f"{key}: checkpoint '{path}' does not exist. Give the previous "
             f"stage's ckpts/last.ckpt, its trial folder, or LAST."
         )
     return path
 
 
-def previous_stage_config(ckpt: Path) -> Any:
+def resolve_checkpoint_keys(component_cls: type, cfg: Any, path: str, exp_root_dir: str | Path) -> Any:
+    """`cfg` (a component's section at config path `path`), with each of `component_cls.checkpoint_keys`
+    that names `LAST` / `<dir>/LAST` replaced by the checkpoint file it finds; `cfg` itself when
+    there is none (it is never modified)."""
+    keys = [k for k in component_cls.checkpoint_keys if k in cfg and is_last(cfg[k])]
+    if not keys:
+        return cfg
+    resolved = copy.deepcopy(cfg)
+    for k in keys:
+        resolved[k] = str(resolve_checkpoint(cfg[k], exp_root_dir, f"{path}.{k}"))
+    return resolved
+
+
+def previous_stage_config(ckpt: Path, key: str = "system.geometry_convert_from") -> Any:
+    """The config the previous stage ran with (`<trial>/configs/parsed.yaml` beside `ckpt`)."""
     cfg_path = ckpt.parent.parent / "configs" / "parsed.yaml"
     if not cfg_path.is_file():
         raise ConfigError(
-            f"system.geometry_convert_from: '{ckpt}' has no config beside it (looked for {cfg_path}); "
+            f"{key}: '{ckpt}' has no config beside it (looked for {cfg_path}); "
             f"stage chaining needs the previous trial folder as launch.py wrote it."
         )
     return OmegaConf.load(cfg_path)
 
 
-def load_previous_geometry(spec: str, exp_root_dir: Optional[str] = None) -> Any:
-    """Build the previous stage's geometry with its trained weights (on CPU)."""
+def load_previous_geometry(spec: str, exp_root_dir: str | Path) -> Any:
+    """Build the previous stage's geometry with its trained weights (on CPU); `LAST` is looked up
+    under `exp_root_dir`."""
     from lift3d.registry import find
 
     ckpt = resolve_checkpoint(spec, exp_root_dir)

@@ -1,10 +1,12 @@
 """Base classes of every configurable component.
 
 A component has a nested `Config` dataclass, is built from a config mapping (strictly parsed, see
-lift3d.config.parse_structured) and sets itself up in `configure()`. Components that change with
-the training step implement `update_step(epoch, global_step)`; `do_update_step` propagates the
-call to every attribute that is itself updateable — nn.Module children and plain objects alike
-(docs/DESIGN.md, "Core contracts").
+lift3d.config.parse_structured) and sets itself up in `configure()`. Before anything is built,
+the experiment calls the class's `validate_config(cfg, path)` with the component's parsed section
+and its real config path (e.g. "system.geometry", "data"), which the messages name. Components
+that change with the training step implement `update_step(epoch, global_step)`; `do_update_step`
+propagates the call to every attribute that is itself updateable — nn.Module children and plain
+objects alike (docs/DESIGN.md, "Core contracts").
 """
 from __future__ import annotations
 
@@ -39,13 +41,16 @@ class Updateable:
         """Override to react to the training step; the default does nothing."""
 
 
-def _component_name(obj: Any) -> str:
-    from lift3d.registry import _REGISTRY
+def component_label(cls: type) -> str:
+    """How messages name a component class: its registered name, quoted (lift3d.registry.name_of),
+    or its class name when it is not registered (a base class, a test double built directly)."""
+    from lift3d.errors import RegistryError
+    from lift3d.registry import name_of
 
-    for name, cls in _REGISTRY.items():
-        if cls is type(obj):
-            return f"'{name}'"
-    return type(obj).__qualname__
+    try:
+        return f"'{name_of(cls)}'"
+    except RegistryError:
+        return cls.__qualname__
 
 
 class Configurable(Updateable):
@@ -57,10 +62,22 @@ class Configurable(Updateable):
         pass
 
     cfg: Any
+    # config keys whose value is a checkpoint (file, trial folder, <dir>/LAST or LAST): the system
+    # replaces LAST by the newest checkpoint under the run's exp_root_dir before validate_config
+    # and construction see the section (lift3d.systems.stage_chain.resolve_checkpoint_keys)
+    checkpoint_keys: tuple[str, ...] = ()
+
+    @classmethod
+    def validate_config(cls, cfg: Any, path: str) -> None:
+        """Raise lift3d.errors.ConfigError, naming `path.<key>` and the fix, for a config this
+        component cannot run with. `cfg` is the section already parsed into `Config` (unknown keys
+        and wrong types are rejected before); `path` is where the section sits in the experiment
+        ("system.geometry", "system.renderer.base_renderer", "data"...). Called on every
+        component class before any work starts; the default accepts everything."""
 
     def __init__(self, cfg: Any = None, *args: Any, **kwargs: Any) -> None:
         super().__init__()
-        self.cfg = parse_structured(self.Config, cfg, component=_component_name(self))
+        self.cfg = parse_structured(self.Config, cfg, component=component_label(type(self)))
         self.setup_defaults()
         self.configure(*args, **kwargs)
 
