@@ -7,9 +7,13 @@
     xdreamer (coarse and fine phases)  d loss / d render (fine), d / d normals+opacity, d / d CG-LoRA
 
 `tests/data/guidance_golden.pt` holds the values computed by the guidance code before the frozen-model
-refactor (commit bfe719a), written by `python -m tests.guidance_golden`. tests/test_guidance_golden.py
-recomputes them with the current code and compares. The SD-family guidances use the standard CFG
-form there (`cfg_form: standard`, the only form the old code had).
+refactor (commit bfe719a), written by `python -m tests.guidance_golden`; the refactored code (commit
+a9e6312) reproduced all of them. Deliberate changes of a method since then re-record only the
+entries they change, with `python -m tests.guidance_golden KEY ...`:
+    zero123, usd_image, usd_image_reference   the reference image composited with its continuous
+                                              alpha (docs/faithfulness.md), commit after a9e6312
+tests/test_guidance_golden.py recomputes them with the current code and compares. The SD-family
+guidances use the standard CFG form there (`cfg_form: standard`, the only form the old code had).
 """
 from __future__ import annotations
 
@@ -134,7 +138,8 @@ def compute(sd_path: Path, zero123_path: Path, cache_dir: str, sd_family_cfg: di
     return out
 
 
-def main() -> int:
+def main(keys: list[str]) -> int:
+    """Records every entry, or only `keys` (the others are kept from the file)."""
     import tempfile
 
     from lift3d.models.tiny_factory import make_tiny_sd, make_tiny_zero123
@@ -143,7 +148,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         sd = make_tiny_sd(Path(tmp) / "tiny-sd", seed=0)
         z123 = make_tiny_zero123(Path(tmp) / "tiny-zero123", seed=0)
-        values = compute(sd, z123, str(Path(tmp) / "cache"), {})
+        values = compute(sd, z123, str(Path(tmp) / "cache"), {"cfg_form": "standard"})
+    if keys:
+        unknown = sorted(set(keys) - set(values))
+        if unknown:
+            raise SystemExit(f"unknown entries {unknown}; entries: {sorted(values)}")
+        values = {**torch.load(GOLDEN), **{k: values[k] for k in keys}}
     GOLDEN.parent.mkdir(parents=True, exist_ok=True)
     torch.save(values, GOLDEN)
     for k, v in values.items():
@@ -152,4 +162,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -128,3 +128,18 @@ def test_errors_name_the_key(tiny_zero123_path):
         check(cond_image_path="load/images/missing_rgba.png")
     with pytest.raises(ConfigError, match="Zero-1-to-3 for system.guidance.pretrained_model_name_or_path"):
         check(pretrained_model_name_or_path="nonexistent-org/zero123-nothing")
+
+
+def test_conditioning_image_is_composited_with_its_continuous_alpha(tmp_path):
+    """Half-transparent red over white is pink (as threestudio), not red or white (a hard mask)."""
+    import numpy as np
+    from PIL import Image
+
+    rgba = np.zeros((8, 8, 4), dtype=np.uint8)
+    rgba[..., 0] = 255
+    rgba[..., 3] = 128
+    rgba[4:, :, 3] = 0  # a transparent background (a fully opaque image is refused)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "half.png")
+    image = reference_image(str(tmp_path / "half.png"), 8, None, "cond_image_path")  # [1,3,8,8]
+    a = 128 / 255
+    assert torch.allclose(image[0, :, 0, 0], torch.tensor([1.0, 1 - a, 1 - a]), atol=1e-5)

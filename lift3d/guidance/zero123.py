@@ -14,8 +14,8 @@ of a novel view of a reference image at a relative camera T:
 The render is resized to `resolution`² (native 256), encoded (x 0.18215), and the distillation step
 of lift3d.guidance.sds gives `loss_sds`.
 
-The reference image is `cond_image_path` (an RGBA image, composited on white as the model was
-trained; the configs set it to "${data.image_path}"), checked in `validate_config` with the model.
+The reference image is `cond_image_path` (an RGBA image, composited on white with its continuous
+alpha as the model was trained and as threestudio does; the configs set it to "${data.image_path}"), checked in `validate_config` with the model.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from lift3d.data.image_io import load_rgba, read_rgba
+from lift3d.data.image_io import composite, load_rgb_alpha, read_rgba
 from lift3d.errors import ConfigError
 from lift3d.guidance.sds import Prediction, ScoreDistillationGuidance
 from lift3d.models.zero123 import ReferenceConditioning, StableZero123, Zero123
@@ -34,9 +34,8 @@ from lift3d.registry import register
 
 def reference_image(path: str, size: int, background: Optional[list], key: str) -> Tensor:
     """The reference RGBA image at `path` -> [1,3,size,size] in [0,1], composited on `background` (white)."""
-    rgb, mask = load_rgba(path, size, size, key=key)
-    bg = torch.tensor(background or [1.0, 1.0, 1.0], dtype=torch.float32)
-    image = rgb * mask + bg * (1.0 - mask)  # [H,W,3]
+    rgb, alpha = load_rgb_alpha(path, size, size, key=key)  # [H,W,3], [H,W,1] continuous (as threestudio)
+    image = composite(rgb, alpha, torch.tensor(background or [1.0, 1.0, 1.0], dtype=torch.float32))  # [H,W,3]
     return image.permute(2, 0, 1)[None].contiguous()
 
 
