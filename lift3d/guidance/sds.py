@@ -185,6 +185,13 @@ class ScoreDistillationGuidance(BaseGuidance):
             raise ConfigError(f"{key}.guidance_eval_interval must be >= 0 and guidance_eval_steps >= 1.")
 
     # ------------------------------------------------------------------ the model
+    model_class: Any = None  # the lift3d.models class of `pretrained_model_name_or_path`
+
+    @classmethod
+    def model_what(cls, path: str = "system.guidance") -> str:
+        """How a not-found error names the model: "<kind> for <path>.pretrained_model_name_or_path"."""
+        return f"{cls.model_class.KIND} for {path}.pretrained_model_name_or_path"
+
     def load_model(self, model_cls: type, name_or_path: str, what: str, shared: bool = True, **kwargs: Any) -> Any:
         """`model_cls.load` with this guidance's precision and memory options."""
         return model_cls.load(

@@ -64,10 +64,6 @@ class StableDiffusionGuidance(ScoreDistillationGuidance):
             raise ConfigError(f"{path}.enable_sequential_cpu_offload=true is not supported: set it to false.")
         cls.model_class.resolve(cfg.pretrained_model_name_or_path, cls.model_what(path))
 
-    @classmethod
-    def model_what(cls, path: str = "system.guidance") -> str:
-        return f"{cls.model_class.KIND} for {path}.pretrained_model_name_or_path"
-
     def configure(self) -> None:
         self.validate_config(self.cfg)
         self.use_model(self.load_model(self.model_class, self.cfg.pretrained_model_name_or_path, self.model_what(),

@@ -64,12 +64,11 @@ class Zero123Guidance(ScoreDistillationGuidance):
     def validate_config(cls, cfg: Any, path: str = "system.guidance") -> None:
         super().validate_config(cfg, path)
         check_reference_config(cfg, path)
-        cls.model_class.resolve(cfg.pretrained_model_name_or_path, f"{cls.model_class.KIND} for {path}.pretrained_model_name_or_path")
+        cls.model_class.resolve(cfg.pretrained_model_name_or_path, cls.model_what(path))
 
     def configure(self) -> None:
         self.validate_config(self.cfg)
-        what = f"{self.model_class.KIND} for system.guidance.pretrained_model_name_or_path"
-        self.use_model(self.load_model(self.model_class, self.cfg.pretrained_model_name_or_path, what))
+        self.use_model(self.load_model(self.model_class, self.cfg.pretrained_model_name_or_path, self.model_what()))
         image = reference_image(self.cfg.cond_image_path, self.resolution, self.cfg.cond_background,
                                 "system.guidance.cond_image_path")
         self.reference: ReferenceConditioning = self.model.reference(image)
