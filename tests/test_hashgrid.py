@@ -214,6 +214,78 @@ def test_inputs_without_grad_do_not_get_one() -> None:
     assert enc.params.grad is not None and enc.params.grad.abs().sum() > 0
 
 
+# ---------------------------------------------------------------- all-levels path vs per-level reference
+
+
+def _both_paths(enc: HashGridEncoding, x: torch.Tensor, w: torch.Tensor, monkeypatch) -> List[List[torch.Tensor]]:
+    """[out, d params, d x] of sum(w * enc(x)) on the all-levels path and on the per-level reference."""
+    results = []
+    for reference in ("0", "1"):
+        monkeypatch.setenv("LIFT3D_REFERENCE_KERNELS", reference)
+        xr = x.detach().clone().requires_grad_(True)
+        enc.params.grad = None
+        out = enc(xr)
+        (out * w).sum().backward()
+        results.append([out.detach(), enc.params.grad.clone(), xr.grad.clone()])
+    return results
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_all_levels_path_matches_per_level_reference(dims: int, monkeypatch) -> None:
+    # dense and hashed levels; points outside [0, 1] (negative cells: tcnn's uint32 wrap, and the
+    # exact remainder of the dense levels), on the domain corners and inside
+    cfg = dict(n_levels=5, n_features_per_level=2, log2_hashmap_size=4 if dims == 1 else 9, base_resolution=3, per_level_scale=1.8)
+    enc = HashGridEncoding(dims, **cfg).double()
+    assert any(lv.hashed for lv in enc.levels) and not all(lv.hashed for lv in enc.levels)
+    g = torch.Generator().manual_seed(dims)
+    with torch.no_grad():
+        enc.params.copy_(torch.randn(enc.n_params, generator=g, dtype=torch.float64))
+    inside = torch.rand(50, dims, generator=g, dtype=torch.float64)
+    inside[0], inside[1] = 0.0, 1.0
+    outside = torch.rand(20, dims, generator=g, dtype=torch.float64) * 1.6 - 0.3
+    for x in (inside, torch.cat([inside, outside])):
+        w = torch.randn(x.shape[0], enc.n_output_dims, generator=g, dtype=torch.float64)
+        fast, ref = _both_paths(enc, x, w, monkeypatch)
+        for a, b in zip(fast, ref):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        assert fast[1].abs().sum() > 0 and fast[2].abs().sum() > 0
+
+
+def test_all_levels_path_chunked_equals_whole(monkeypatch) -> None:
+    from lift3d.networks import hashgrid_batched
+
+    enc = HashGridEncoding(3, **SMALL).double()  # float64: only the summation order differs
+    with torch.no_grad():
+        enc.params.normal_()
+    x = torch.rand(300, 3, dtype=torch.float64)
+    w = torch.randn(300, 6, dtype=torch.float64)
+    monkeypatch.setenv("LIFT3D_REFERENCE_KERNELS", "0")
+    results = []
+    for budget in (1 << 21, 3 * 8 * 7):  # whole, then chunks of 7 points (300 = 42 * 7 + 6)
+        monkeypatch.setattr(hashgrid_batched, "CORNER_BUDGET", budget)
+        xr = x.clone().requires_grad_(True)
+        enc.params.grad = None
+        out = enc(xr)
+        (out * w).sum().backward()
+        results.append([out.detach(), enc.params.grad.clone(), xr.grad.clone()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_all_levels_path_on_the_default_grid(monkeypatch) -> None:
+    # threestudio's default grid (5 dense + 11 hashed levels of 2^19 entries), float32 as trained
+    enc = HashGridEncoding()
+    with torch.no_grad():
+        enc.params.normal_()
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(500, 3, generator=g)
+    w = torch.randn(500, 32, generator=g)
+    fast, ref = _both_paths(enc, x, w, monkeypatch)
+    torch.testing.assert_close(fast[0], ref[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast[1], ref[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast[2], ref[2], rtol=1e-4, atol=1e-3)
+
+
 # ---------------------------------------------------------------- progressive band
 
 

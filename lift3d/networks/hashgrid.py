@@ -18,6 +18,12 @@ Memory: the encoding is an ``autograd.Function`` that saves only ``x`` and ``par
 backward recomputes corner indices and weights level by level. The backward is written with
 differentiable torch ops, so double backward (analytic normals, eikonal loss) works.
 
+Paths: ``_encode`` / ``_encode_backward`` below are the per-level reference (one level at a time,
+kept as the readable statement of the rules and as the ground truth of the faster paths). By default
+the encoding runs every level at once (``lift3d.networks.hashgrid_batched``: one broadcast, masks
+instead of remainders for the power-of-two hashed levels, one gather; same results up to summation
+order); ``LIFT3D_REFERENCE_KERNELS=1`` selects the per-level reference instead (benchmarks, tests).
+
 Fast path: for CUDA float32 tensors the forward and the (first-order) backward run as Triton
 kernels (``lift3d.ops.triton.hashgrid``, dispatch policy in ``lift3d.ops.fast_path``); double
 backward always goes through the reference backward above. ``LIFT3D_DISABLE_TRITON=1`` forces the
@@ -212,6 +218,13 @@ def _fast_kernels(x: torch.Tensor, params: torch.Tensor, n_features: int):
     return kernels if kernels.supported(x, params, n_features) else None
 
 
+def _use_batched() -> bool:
+    """All levels at once (``hashgrid_batched``) unless LIFT3D_REFERENCE_KERNELS asks for the per-level reference."""
+    from lift3d.ops.fast_path import reference_kernels
+
+    return not reference_kernels()
+
+
 class _HashGridFunction(torch.autograd.Function):
     # Under CUDA autocast the encoding still runs in float32 (tcnn keeps fp32 parameters too).
     @staticmethod
@@ -221,8 +234,11 @@ class _HashGridFunction(torch.autograd.Function):
         ctx.levels = levels
         ctx.n_features = n_features
         ctx.fast = _fast_kernels(x, params, n_features)
+        ctx.batched = ctx.fast is None and _use_batched()
         if ctx.fast is not None:
             return ctx.fast.hashgrid_forward(x, params, levels, n_features)
+        if ctx.batched:
+            return hashgrid_batched.encode_all_levels(x, params, levels, n_features)
         return _encode(x, params, levels, n_features)
 
     @staticmethod
@@ -237,7 +253,8 @@ class _HashGridFunction(torch.autograd.Function):
                 need_x=ctx.needs_input_grad[0], need_params=ctx.needs_input_grad[1],
             )
             return grad_x, grad_params, None, None
-        grad_x, grad_params = _encode_backward(
+        backward = hashgrid_batched.encode_all_levels_backward if ctx.batched else _encode_backward
+        grad_x, grad_params = backward(
             x,
             params,
             grad_out,
@@ -357,3 +374,7 @@ class ProgressiveBandHashGrid(HashGridEncoding):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x) * self.mask.to(self.params.dtype)  # [..., L * F]
+
+
+# all levels at once, the CPU default path (imported last: it reuses this module's GridLevel and constants)
+from lift3d.networks import hashgrid_batched  # noqa: E402

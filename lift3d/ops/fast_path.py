@@ -33,7 +33,7 @@ import torch
 
 _TRUE = {"1", "true", "yes", "on"}
 
-__all__ = ["use_triton", "triton_available", "triton_disabled", "interpreter_on_cpu", "describe"]
+__all__ = ["use_triton", "triton_available", "triton_disabled", "reference_kernels", "interpreter_on_cpu", "describe"]
 
 
 def _env_true(name: str) -> bool:
@@ -56,7 +56,13 @@ def triton_available() -> bool:
 
 
 def triton_disabled() -> bool:
-    return _env_true("LIFT3D_DISABLE_TRITON")
+    return _env_true("LIFT3D_DISABLE_TRITON") or reference_kernels()
+
+
+def reference_kernels() -> bool:
+    """``LIFT3D_REFERENCE_KERNELS=1``: every kernel takes its plain PyTorch reference (no Triton, and
+    on CPU the loop-per-level hash grid instead of the all-levels one) -- for before/after benchmarks."""
+    return _env_true("LIFT3D_REFERENCE_KERNELS")
 
 
 def interpreter_on_cpu() -> bool:
@@ -104,7 +110,9 @@ def use_triton(tensor: Optional[torch.Tensor]) -> bool:
 def describe() -> str:
     """One line for logs and benchmarks: which path CUDA and CPU tensors take."""
     version = _import_triton()
-    if triton_disabled():
+    if reference_kernels():
+        state = "PyTorch reference kernels everywhere (LIFT3D_REFERENCE_KERNELS)"
+    elif triton_disabled():
         state = "disabled by LIFT3D_DISABLE_TRITON"
     elif version is None:
         state = "triton not importable: PyTorch reference kernels everywhere"
