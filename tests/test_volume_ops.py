@@ -348,6 +348,34 @@ def test_occupancy_grid_update_marks_sphere():
     assert n_eval == []
 
 
+@pytest.mark.parametrize("levels", [1, 2])
+def test_occupancy_grid_update_point_budget_chunked_equals_whole(levels):
+    # the update evaluates density_fn on at most `chunk` points at a time (memory bound, #24) and
+    # the result does not depend on the budget (CPU generator: one random stream either way)
+    def run(chunk):
+        grid = OccupancyGrid(AABB, resolution=12, levels=levels)
+        batches = []
+
+        def dens(x):
+            batches.append(x.shape[0])
+            return _sphere_density(0.5)(x)
+
+        g = torch.Generator().manual_seed(4)
+        for step in (0, 300):  # warm-up (every cell), then a random subset plus occupied cells
+            grid.update(step, dens, warmup_steps=256, generator=g, chunk=chunk)
+        return grid, batches
+
+    whole, whole_batches = run(1 << 20)
+    assert whole_batches[0] == 12**3 and len(whole_batches) == 2 * levels
+    chunked, batches = run(100)
+    assert max(batches) == 100 and sum(batches) == sum(whole_batches)
+    assert len(batches) == sum(math.ceil(b / 100) for b in whole_batches)
+    assert torch.equal(chunked.occs, whole.occs) and torch.equal(chunked.binary, whole.binary)
+    assert 0 < chunked.occupied_fraction() < 1
+    with pytest.raises(ValueError, match="chunk"):
+        whole.update(0, _sphere_density(0.5), chunk=0)
+
+
 def test_occupancy_grid_state_dict_roundtrip_and_levels():
     grid = _conservative_sphere_grid(0.4, res=16)
     sd = grid.state_dict()

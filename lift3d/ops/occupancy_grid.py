@@ -143,12 +143,16 @@ class OccupancyGrid(nn.Module):
         ``step < warmup_steps`` every cell is evaluated; afterwards a random ``subset_fraction``
         of the cells of each level plus every currently occupied cell. Each evaluated cell gets
         one density sample at a uniformly jittered point inside it. ``density_fn`` is called
-        under ``no_grad`` on at most ``chunk`` points at a time.
+        under ``no_grad`` on at most ``chunk`` points at a time (the point budget that bounds the
+        update's memory); the result does not depend on ``chunk`` (on CPU bit for bit: the jitter
+        is drawn chunk after chunk from one stream).
         Cost per update: ``L * R**3`` (warmup) or about ``L * R**3 * subset_fraction + occupied``
         density evaluations; extra memory ~ 20 bytes per cell of one level (cell list, random
         pick) plus ~100 bytes per point of one chunk (indices, jittered points), besides
         whatever ``density_fn`` needs for ``chunk`` points.
         """
+        if int(chunk) < 1:
+            raise ValueError(f"OccupancyGrid.update: chunk (points per density_fn call) must be >= 1, got {chunk}")
         if n > 1 and step % n != 0:
             return False
         R3 = self.num_cells_per_level
