@@ -44,6 +44,10 @@ BUILTIN_MODULES = (
     "lift3d.renderers.neus_volume_renderer",
     "lift3d.data.multiview_images",
     "lift3d.systems.multiview_reconstruction",
+    "lift3d.gan.triplane_generator",
+    "lift3d.gan.discriminator",
+    "lift3d.gan.eg3d_datamodule",
+    "lift3d.gan.gan_system",
 )
 _builtins_loaded = False
 
