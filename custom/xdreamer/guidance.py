@@ -63,19 +63,17 @@ def random_rotations(n: int, device: torch.device | str = "cpu", generator: Opti
     return rot.to(device)
 
 
-def load_lora_state(spec: str) -> dict[str, Tensor]:
-    """The `guidance_params.*` entries (prefix removed) of a checkpoint (file, trial folder or LAST)."""
+def load_lora_state(spec: str, key: str = f"{KEY}.lora_from") -> dict[str, Tensor]:
+    """The `guidance_params.*` entries (prefix removed) of a checkpoint (file, trial folder or
+    <dir>/LAST; a bare LAST reaches here already resolved by the system, see `checkpoint_keys`)."""
     from lift3d.systems.stage_chain import resolve_checkpoint
 
-    try:
-        ckpt = resolve_checkpoint(str(spec))
-    except ConfigError as exc:
-        raise ConfigError(str(exc).replace("system.geometry_convert_from", f"{KEY}.lora_from")) from None
+    ckpt = resolve_checkpoint(str(spec), key=key)
     state = torch.load(ckpt, map_location="cpu", weights_only=False).get("state_dict", {})
     lora = {k[len(PARAMS_PREFIX):]: v for k, v in state.items() if k.startswith(PARAMS_PREFIX)}
     if not lora:
         raise ConfigError(
-            f"{KEY}.lora_from: checkpoint '{ckpt}' holds no CG-LoRA weights (no '{PARAMS_PREFIX}*' entries): "
+            f"{key}: checkpoint '{ckpt}' holds no CG-LoRA weights (no '{PARAMS_PREFIX}*' entries): "
             f"give the checkpoint of a run that trained with xdreamer-guidance, or set lora_from=null."
         )
     return lora
@@ -110,6 +108,7 @@ class XDreamerGuidance(StableDiffusionGuidance):
 
     # ------------------------------------------------------------------ validation
     shared_model = False  # CG-LoRA and the attention-map store are installed into this UNet
+    checkpoint_keys = ("lora_from",)  # LAST is looked up under the run's exp_root_dir by the system
 
     @classmethod
     def validate_config(cls, cfg: Any, path: str = "system.guidance") -> None:
@@ -130,7 +129,7 @@ class XDreamerGuidance(StableDiffusionGuidance):
         if cfg.lora_from and not cfg.use_cg_lora:
             raise ConfigError(f"{KEY}.lora_from is set but use_cg_lora=false: nothing would receive the weights.")
         if cfg.lora_from:
-            load_lora_state(cfg.lora_from)
+            load_lora_state(cfg.lora_from, f"{path}.lora_from")
         resolve_model(cfg.pretrained_model_name_or_path, cls.model_what(path), XDREAMER_FILES)
 
     # ------------------------------------------------------------------ setup

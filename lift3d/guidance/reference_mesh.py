@@ -42,14 +42,14 @@ class ReferenceMeshGuidance(BaseGuidance):
     produces = ("loss_mesh_rgb", "loss_mesh_mask")
 
     @classmethod
-    def validate_config(cls, cfg: Any) -> None:
+    def validate_config(cls, cfg: Any, path: str = "system.guidance") -> None:
         from lift3d.ops.mesh_io import load_mesh
 
-        path = resolve_file(cfg.mesh_path, "system.guidance.mesh_path", "mesh file")
+        mesh_file = resolve_file(cfg.mesh_path, f"{path}.mesh_path", "mesh file")
         try:
-            load_mesh(path)
+            load_mesh(mesh_file)
         except (ValueError, FileNotFoundError) as exc:
-            raise ConfigError(f"system.guidance.mesh_path: {exc}") from None
+            raise ConfigError(f"{path}.mesh_path: {exc}") from None
 
     def configure(self) -> None:
         from lift3d.ops.mesh_io import load_mesh, normalize_mesh
