@@ -73,13 +73,19 @@ def rays_from_label(label: Tensor, resolution: int) -> tuple[Tensor, Tensor]:
     return origins, dirs
 
 
-def orbit_labels(label: Tensor, n_frames: int) -> Tensor:
-    """A turntable around the scene's up axis through the origin, starting at camera `label` [25].
+def scene_up(labels: Tensor) -> Tensor:
+    """The scene's up axis [3] estimated from labels [N,25]: the mean of the cameras' up vectors
+    (-y in OpenCV), normalised. Tilts of cameras spread around the object cancel (for a single
+    camera it is that camera's own up)."""
+    cam2world, _ = split_label(labels)
+    return F.normalize(-cam2world[:, :3, 1].mean(0), dim=0)
 
-    The up axis is the camera's -y axis (OpenCV y points down in the image); every frame is the
-    first camera rotated by 2πk/n about it (Rodrigues). Returns [n_frames, 25]."""
+
+def orbit_labels(label: Tensor, n_frames: int, up: Tensor | None = None) -> Tensor:
+    """A turntable around the axis `up` [3] through the origin (default: the camera's own up),
+    starting at camera `label` [25]: frame k is the camera rotated by 2πk/n (Rodrigues). -> [n_frames, 25]."""
     cam2world, k = split_label(label.reshape(1, -1))
-    up = F.normalize(-cam2world[0, :3, 1], dim=0)  # [3]
+    up = scene_up(label.reshape(1, -1)) if up is None else F.normalize(up.to(label), dim=0)
     frames = []
     for i in range(n_frames):
         angle = 2 * math.pi * i / n_frames

@@ -10,7 +10,7 @@ each problem is a one-line ConfigError naming the file and the fix: no dataset.j
 labels of the wrong width, a label naming a missing image, images of mixed or non-square sizes.
 
 Batches: train {"image": [B,3,R,R] in [-1,1], "label": [B,25], "index": [B]} (shuffled, seeded);
-test: a turntable of `n_test_frames` labels around the scene's up axis, starting from the dataset
+test: a turntable of `n_test_frames` labels around the scene's up axis (the mean camera up), starting from the dataset
 camera nearest the mean camera ({"label": [b,25], "index": [b]}); predict (--export): one batch.
 `labels` ([N,25] tensor) is what the GAN system samples generator conditioning from.
 """
@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from lift3d.config import parse_structured
 from lift3d.data.random_camera import resolve_seed
 from lift3d.errors import ConfigError
-from lift3d.gan.camera_label import LABEL_DIM, orbit_labels
+from lift3d.gan.camera_label import LABEL_DIM, orbit_labels, scene_up
 from lift3d.registry import register
 
 COMPONENT = "data module 'eg3d-image-datamodule'"
@@ -157,7 +157,8 @@ class EG3DImageDataModule(pl.LightningDataModule):
         self.cfg = parse_structured(self.Config, cfg, path="data", component=self.COMPONENT)
         self.files, self.labels, self.resolution = self.validate_config(self.cfg)
         self.train_dataset = EG3DImageDataset(self.files, self.labels)
-        self.test_dataset = LabelDataset(orbit_labels(central_label(self.labels), self.cfg.n_test_frames))
+        self.up = scene_up(self.labels)  # [3] the turntable's axis
+        self.test_dataset = LabelDataset(orbit_labels(central_label(self.labels), self.cfg.n_test_frames, self.up))
 
     @classmethod
     def validate_config(cls, cfg: Any, path: str = "data") -> Tuple[List[Path], torch.Tensor, int]:

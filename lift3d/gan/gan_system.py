@@ -32,7 +32,7 @@ from torch import Tensor
 from lift3d.config import parse_structured
 from lift3d.errors import ConfigError
 from lift3d.gan.augment import DifferentiableAugment
-from lift3d.gan.camera_label import orbit_labels
+from lift3d.gan.camera_label import orbit_labels, scene_up
 from lift3d.gan.discriminator import CameraConditionedDiscriminator
 from lift3d.gan.ema import ema_beta, update_ema
 from lift3d.gan.losses import density_regularization, discriminator_loss, generator_loss, r1_penalty
@@ -271,7 +271,7 @@ class GANSystem(pl.LightningModule, Updateable):
                 "mask": out["image_mask"].reshape(k, v, *out["image_mask"].shape[1:])}
 
     def save_samples(self, step: int) -> Path:
-        labels = orbit_labels(self.central_label(), self.cfg.sample_views)
+        labels = orbit_labels(self.central_label(), self.cfg.sample_views, scene_up(self.dataset_labels()))
         images = self.render_fixed_latents(labels)["image"]  # [K,V,3,H,W]
         grid = np.concatenate([image_row([_to_unit(im) for im in row]) for row in images], axis=0)
         path = save_image(self.save_path(f"it{step}-samples.png"), grid)
