@@ -3,7 +3,8 @@
 command line and trial layout, no torch, so a job costs a fraction of a second plus its sleep.
 
 Behaviour from extra key=value arguments: fake_seconds=S (training time), fake_exit=N (exit code of
---train; 2 = a config error), fake_fail_attempts=K (fail the first K --train runs of this trial).
+--train; 2 = a config error), fake_fail_attempts=K (fail the first K --train runs of this trial); <batch>/fake_seconds.txt
+replaces fake_seconds.
 Every --train run appends {start, end, cuda, resumed, pid, argv} to <trial>/runs.jsonl.
 """
 import json
@@ -36,12 +37,16 @@ def main(argv):
               "pid": os.getpid(), "argv": argv}
     print(f"fake launch: {trial} cuda={record['cuda']}", flush=True)
     seconds = float(kv.get("fake_seconds", 0.2))
+    override = trial.parent.parent / "fake_seconds.txt"  # <batch>/fake_seconds.txt: a rerun's shorter sleep
+    if override.is_file():
+        seconds = float(override.read_text())
     (trial / "configs").mkdir(exist_ok=True)
     (trial / "configs/parsed.yaml").write_text(json.dumps(kv))
-    time.sleep(seconds / 2)
+    first = min(seconds / 2, 0.5)
+    time.sleep(first)
     (trial / "ckpts").mkdir(exist_ok=True)
     (trial / "ckpts/last.ckpt").write_text("step 2")
-    time.sleep(seconds / 2)
+    time.sleep(seconds - first)
     code = int(kv.get("fake_exit", 0))
     if n_before < int(kv.get("fake_fail_attempts", 0)):
         code = 1

@@ -32,8 +32,12 @@ EXIT_CONFIG_ERROR = 2  # launch.py: a lift3d error (bad config) or a command-lin
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
+    # a Ray worker may ignore or block signals, and exec keeps both: give launch.py the defaults
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
         pass
 
@@ -58,7 +62,11 @@ def run_command(cmd: list[str], log, env: dict, cwd: str) -> tuple[int, float]:
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True, preexec_fn=_die_with_parent)
     try:
-        _, status, usage = os.wait4(proc.pid, 0)  # rusage of this child alone
+        while True:  # poll, not a blocking wait: Ray's cancel raises KeyboardInterrupt between bytecodes only
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # rusage of this child alone
+            if pid:
+                break
+            time.sleep(0.2)
     except BaseException:  # Ray's cancel (KeyboardInterrupt), worker shutdown: take the child down too
         _kill_group(proc)
         raise
