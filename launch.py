@@ -89,9 +89,15 @@ def run(args: argparse.Namespace, extras: list[str]) -> int:
     from lift3d.registry import find
     from lift3d.utils.checkpointing import AtomicCheckpointIO, ResumableCSVLogger, read_checkpoint_step
 
+    from lift3d import memory_check
+
+    check_memory, extras = memory_check.pop_switch(extras)  # memory_check=false skips the check below
     cfg = load_config(args.config, cli_args=extras)
     validate_experiment(cfg, fitting=args.train)  # every section checked before any work starts
     trial_paths(cfg, args)
+    # pre-flight memory estimate (lift3d/memory_check.py): before any model is loaded or folder written
+    on_gpu = torch.cuda.is_available() and cfg.trainer.get("accelerator", "gpu") != "cpu"
+    memory_check.check(cfg, "cuda" if on_gpu else "cpu", fitting=args.train, enabled=check_memory)
     trial = Path(cfg.trial_dir)
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -129,3 +129,219 @@ def test_patch_renderer_evaluation_uses_the_bounded_base_renderer():
     with torch.no_grad():
         out = r(**frame())
     assert len(counter.sizes) > 3 and max(counter.sizes) <= 600 and out["comp_rgb"].shape == (1, 24, 20, 3)
+
+
+# ------------------------------------------------------------------ the pre-flight check (launch.py)
+AUDIT_LAUNCH = r"""
+import runpy, sys
+opened = []
+def hook(event, args):
+    if event == "open" and isinstance(args[0], str):
+        opened.append(args[0])
+sys.addaudithook(hook)
+sys.argv = ["launch.py", *sys.argv[1:]]
+try:
+    runpy.run_path("launch.py", run_name="__main__")
+finally:
+    print("OPENED " + "|".join(opened))
+"""
+
+
+def launch_with_audit(args, env_extra, timeout=300):
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **env_extra)
+    return subprocess.run([sys.executable, "-c", AUDIT_LAUNCH, *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture
+def corrupt_tiny_sd(tmp_path):
+    """A tiny SD folder whose weight files are garbage: loading any of them would fail loudly."""
+    from lift3d.models.tiny_factory import make_tiny_sd
+
+    folder = make_tiny_sd(tmp_path / "tiny-sd-corrupt", seed=0)
+    weights = [p for p in folder.rglob("*") if p.suffix in (".safetensors", ".bin")]
+    assert weights
+    for p in weights:
+        p.write_bytes(b"not a weight file")
+    return folder
+
+
+def test_launch_refuses_a_run_over_the_free_memory_before_loading_or_writing(tmp_path, corrupt_tiny_sd):
+    root = tmp_path / "out"
+    args = ["--config", "custom/usd/configs/usd-text-to-3D-patch.yaml", "--train", f"exp_root_dir={root}",
+            "system.prompt_processor.prompt=a red car", f"system.prompt_processor.cache_dir={tmp_path / 'cache'}",
+            f"system.prompt_processor.pretrained_model_name_or_path={corrupt_tiny_sd}",
+            f"system.guidance.pretrained_model_name_or_path={corrupt_tiny_sd}", "trainer.enable_progress_bar=false"]
+    proc = launch_with_audit(args, {"LIFT3D_FREE_MEMORY": "300M"})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    message = [line for line in proc.stderr.splitlines() if line.startswith("lift3d: error:")]
+    assert len(message) == 1, proc.stderr[-2000:]
+    assert "estimated peak memory" in message[0] and "exceeds the 300 MB free (LIFT3D_FREE_MEMORY)" in message[0]
+    assert "system.renderer.base_renderer.eval_max_samples" in message[0] and "memory_check=false" in message[0]
+    assert "lift3d: memory estimate: peak" in proc.stdout  # printed at the start of the run
+    opened = proc.stdout.split("OPENED ")[-1].split("|")
+    assert not [p for p in opened if str(corrupt_tiny_sd) in p and p.endswith((".safetensors", ".bin"))]
+    assert not root.exists()  # no trial folder, no config dump
+
+    # memory_check=false: the same command goes past the check (and then fails on the corrupt weights)
+    proc = launch_with_audit([*args, "memory_check=false"], {"LIFT3D_FREE_MEMORY": "300M"})
+    assert "lift3d: memory estimate: peak" in proc.stdout and "estimated peak memory" not in proc.stderr
+    assert proc.returncode != 0
+
+
+def test_estimate_of_an_evaluation_view_is_bounded_by_the_sample_budget():
+    from lift3d.config import load_config
+    from lift3d.memory_check import EVAL_SAMPLE_BASE, EVAL_SAMPLE_PER_LEVEL, PER_RAY_EVAL, estimate, parse_bytes, pop_switch
+
+    def est(size, budget=None):
+        extra = [f"data.random_camera.eval_width={size}", f"data.random_camera.eval_height={size}"]
+        if budget:
+            extra.append(f"system.renderer.base_renderer.eval_max_samples={budget}")
+        return estimate(load_config("custom/usd/configs/usd-patch.yaml", cli_args=extra))
+
+    small, large = est(256), est(512)
+    per_sample = EVAL_SAMPLE_BASE + EVAL_SAMPLE_PER_LEVEL * 16
+    assert small.eval_view == (1 << 18) * per_sample + 256 * 256 * PER_RAY_EVAL  # the budget, not the frame
+    assert large.eval_view - small.eval_view == (512 * 512 - 256 * 256) * PER_RAY_EVAL
+    assert est(512, budget=1 << 16).eval_view == (1 << 16) * per_sample + 512 * 512 * PER_RAY_EVAL
+    assert est(4).eval_view == 16 * 513 * per_sample + 16 * PER_RAY_EVAL  # a frame below the budget
+    assert large.peak == large.baseline + large.weights + large.params + max(large.train_step, large.eval_view)
+    assert parse_bytes("1.5G") == 3 * 2**29 and parse_bytes("512M") == 512 * 2**20 and parse_bytes("1000") == 1000
+    assert pop_switch(["a=1", "memory_check=false"]) == (False, ["a=1"])
+    from lift3d.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="memory_check=true or memory_check=false"):
+        pop_switch(["memory_check=maybe"])
+
+
+# ------------------------------------------------------------------ isosurfaces, DMTet, rasterizer, baking, export
+def random_field(geometry: str, **cfg):
+    torch.manual_seed(0)
+    geo = find(geometry)({"radius": 1.0, "pos_encoding_config": SMALL_GRID, **cfg})
+    with torch.no_grad():
+        for p in geo.parameters():
+            if p.dim() == 1 and p.numel() > 1000:
+                p.uniform_(-1.0, 1.0)
+    return geo.eval()
+
+
+def test_marching_cubes_isosurface_in_chunks_matches_the_whole_grid():
+    geo = random_field("implicit-volume", isosurface_resolution=40, isosurface_threshold=8.0,
+                       isosurface_remove_outliers=False)
+    counter = PointCounter(geo, "forward_field")
+    chunked = geo.isosurface()  # default isosurface_chunk
+    geo.cfg.isosurface_chunk = 997
+    small = geo.isosurface()
+    assert max(counter.sizes[len(counter.sizes) - 65:]) <= 997 and len(counter.sizes) > 60
+    geo.cfg.isosurface_chunk = 0  # whole
+    whole = geo.isosurface()
+    assert whole.n_faces > 100
+    for mesh in (chunked, small):
+        assert torch.equal(mesh.t_pos_idx, whole.t_pos_idx) and torch.allclose(mesh.v_pos, whole.v_pos, atol=1e-6)
+    # the grid itself: the lattice over the bbox, both corners included
+    field = geo.grid_field(5, chunk=7)
+    lin = torch.linspace(-1.0, 1.0, 5)
+    pts = torch.stack(torch.meshgrid(lin, lin, lin, indexing="ij"), -1).reshape(-1, 3)
+    assert torch.allclose(field.reshape(-1), geo.forward_field(pts).reshape(-1), atol=1e-5)
+
+
+def test_marching_tets_scan_in_chunks_and_sdf_mt_isosurface_in_chunks_match_the_whole():
+    from lift3d.ops.marching_tets import marching_tets
+    from lift3d.ops.tet_grid import make_tet_grid
+
+    verts, tets = make_tet_grid(12, scale=2.0)
+    sdf = verts.norm(dim=-1) - 0.6 + 0.05 * torch.sin(7 * verts[:, 0])
+    v_whole, f_whole = marching_tets(verts, sdf, tets)
+    v_chunk, f_chunk = marching_tets(verts, sdf, tets, chunk=101)
+    assert f_whole.shape[0] > 200 and torch.equal(f_chunk, f_whole) and torch.equal(v_chunk, v_whole)
+
+    geo = random_field("implicit-sdf", sdf_bias="sphere", sdf_bias_params=0.5, isosurface_resolution=20,
+                       isosurface_deformable_grid=True, isosurface_chunk=333)
+    counter = PointCounter(geo, "_sdf_and_encoding")
+    with torch.no_grad():
+        chunked = geo.isosurface()
+    assert len(counter.sizes) > 20 and max(counter.sizes) <= 333
+    whole = geo.isosurface()  # grad enabled: one graph over the grid, as training uses it
+    assert counter.sizes[-1] == 21**3 and whole.n_faces > 100
+    assert torch.equal(chunked.t_pos_idx, whole.t_pos_idx) and torch.allclose(chunked.v_pos, whole.v_pos.detach(), atol=1e-5)
+
+
+def test_dmtet_conversion_queries_the_source_field_in_chunks():
+    from lift3d.geometry.tetrahedra_sdf_grid import query_field
+
+    geo = random_field("implicit-volume")
+    points = torch.rand(5000, 3) * 2 - 1
+    counter = PointCounter(geo, "forward_field")
+    chunked = query_field(geo, points, chunk=600)
+    assert max(counter.sizes) <= 600 and len(counter.sizes) == 9
+    with torch.no_grad():
+        whole = geo.forward_field(points).reshape(-1)
+    assert torch.allclose(chunked, whole, atol=1e-5)
+
+
+def test_rasterizer_evaluation_shades_in_chunks_and_matches_the_whole():
+    from lift3d.data.cameras import get_mvp_matrix, get_projection_matrix
+
+    torch.manual_seed(0)
+    geo = find("tetrahedra-sdf-grid")({"radius": 1.0, "isosurface_resolution": 12, "pos_encoding_config": SMALL_GRID,
+                                        "shape_init": "sphere", "shape_init_params": 0.5})
+    geo.initialize_shape()
+    with torch.no_grad():
+        for p in geo.parameters():
+            if p.dim() == 1 and p.numel() > 1000:
+                p.uniform_(-1.0, 1.0)
+    material = find("diffuse-with-point-light-material")({})
+    background = find("solid-color-background")({"color": [0.0, 0.0, 0.0]})
+    r = find("mesh-rasterizer")({"eval_max_samples": 150}, geometry=geo, material=material, background=background)
+    for module in (geo, material, background, r):
+        module.eval()
+    pos = spherical_to_cartesian(torch.tensor([20.0]), torch.tensor([30.0]), torch.tensor([2.5]))
+    c2w = look_at_c2w(pos)
+    mvp = get_mvp_matrix(c2w, get_projection_matrix(torch.tensor([math.radians(40.0)]), 1.0, 0.1, 100.0))
+    batch = {"mvp_mtx": mvp, "camera_positions": pos, "light_positions": pos, "height": 32, "width": 32}
+    counter = PointCounter(geo, "forward")
+    with torch.no_grad():
+        bounded = r(**batch)
+        r.cfg.eval_max_samples = 10**9
+        whole = r(**batch)
+    covered = int((whole["opacity"] > 0).sum())
+    assert covered > 200 and len(counter.sizes) >= 3 and max(counter.sizes[:-1]) <= 150 and counter.sizes[-1] >= covered - 50
+    for key in ("comp_rgb", "comp_rgb_fg", "opacity", "comp_normal"):
+        assert torch.allclose(bounded[key], whole[key], atol=1e-6), key
+
+
+def test_texture_baking_and_vertex_colours_in_chunks_match_the_whole():
+    import trimesh
+
+    from lift3d.export.texture_baking import bake_texture
+    from lift3d.mesh import Mesh
+
+    s = trimesh.creation.icosphere(subdivisions=2, radius=0.5)
+    mesh = Mesh(torch.tensor(s.vertices, dtype=torch.float32), torch.tensor(s.faces, dtype=torch.long))
+    mesh.unwrap_uv({}, {}, reindex=True)
+    sizes: list[int] = []
+
+    def query(p):
+        sizes.append(p.shape[0])
+        return torch.stack([torch.sin(5 * p[:, 0]), p[:, 1] * p[:, 2], p.norm(dim=-1)], -1)
+
+    chunked, covered = bake_texture(mesh, query, size=128, dilate=2, chunk=1000)
+    assert len(sizes) > 3 and max(sizes) <= 1000
+    whole, covered_whole = bake_texture(mesh, query, size=128, dilate=2, chunk=10**9)
+    assert torch.equal(covered, covered_whole) and int(covered.sum()) > 3000 and torch.equal(chunked, whole)
+
+    geo = random_field("implicit-volume")
+    exp = find("mesh-exporter")({"chunk_size": 100}, geometry=geo, material=find("no-material")({}),
+                                background=find("solid-color-background")({}))
+    counter = PointCounter(geo, "export")
+    v = torch.rand(1234, 3) - 0.5
+    colours = exp.vertex_colors(v)
+    assert max(counter.sizes) <= 100 and len(counter.sizes) == 13
+    exp.cfg.chunk_size = 10**9
+    assert torch.allclose(colours, exp.vertex_colors(v), atol=1e-6)

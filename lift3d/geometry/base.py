@@ -53,7 +53,7 @@ class BaseImplicitGeometry(BaseGeometry):
         isosurface_resolution: int = 128
         # the level of the surface: a number, or "auto" (density: mean of the field; sdf: 0)
         isosurface_threshold: Union[float, str] = 0.0
-        isosurface_chunk: int = 0  # points per field query; 0 = all at once
+        isosurface_chunk: int = 1 << 18  # grid points per field query (issue #24); 0 = all at once
         isosurface_remove_outliers: bool = True
         isosurface_outlier_n_faces_threshold: Union[int, float] = 0.01
 
@@ -77,17 +77,30 @@ class BaseImplicitGeometry(BaseGeometry):
         return float(thr)
 
     @torch.no_grad()
+    def grid_field(self, res: int, chunk: int = 0) -> torch.Tensor:
+        """The field on the res³ lattice over the bbox (both corners included) → [res,res,res] float32.
+
+        Grid points are made per chunk of `chunk` flat indices (0: all at once), so the peak is
+        chunk × (field query cost) plus the 4·res³-byte result, not res³ × 12-byte points."""
+        n = res**3
+        chunk = chunk if chunk > 0 else n
+        lo, size = self.bbox[0], self.bbox[1] - self.bbox[0]
+        field = torch.empty(n, dtype=torch.float32, device=self.bbox.device)
+        for i0 in range(0, n, chunk):
+            idx = torch.arange(i0, min(i0 + chunk, n), device=self.bbox.device)
+            ijk = torch.stack([idx // (res * res), (idx // res) % res, idx % res], dim=-1)  # [c,3], "ij" order
+            points = lo + ijk.to(lo.dtype) / (res - 1) * size  # [c,3]
+            field[i0 : i0 + idx.shape[0]] = self.forward_field(points).reshape(-1).float()
+        return field.reshape(res, res, res)
+
+    @torch.no_grad()
     def isosurface(self):
         """Marching cubes on a `isosurface_resolution`³ grid over the bbox → Mesh (world coords)."""
         from lift3d.mesh import Mesh
         from lift3d.ops.marching_cubes import marching_cubes
 
         res = self.cfg.isosurface_resolution
-        lin = torch.linspace(0.0, 1.0, res, device=self.bbox.device)
-        grid = torch.stack(torch.meshgrid(lin, lin, lin, indexing="ij"), dim=-1).reshape(-1, 3)
-        points = self.bbox[0] + grid * (self.bbox[1] - self.bbox[0])  # [res^3, 3]
-        chunk = self.cfg.isosurface_chunk or points.shape[0]
-        field = torch.cat([self.forward_field(p) for p in points.split(chunk)], 0).reshape(res, res, res)
+        field = self.grid_field(res, self.cfg.isosurface_chunk)  # [res,res,res]
         level = self.isosurface_level(field)
         try:
             v_pos, faces = marching_cubes(

@@ -164,16 +164,31 @@ class ImplicitSDF(BaseImplicitGeometry):
         if self.cfg.isosurface_method == "mc":
             return super().isosurface()
         verts, tets = self._grid()
-        sdf, enc = self._sdf_and_encoding(verts)
+        step = 2.0 * self.cfg.radius / self.cfg.isosurface_resolution
+        if torch.is_grad_enabled():  # training through the surface: one graph over the grid
+            sdf, enc = self._sdf_and_encoding(verts)
+            offset = 0.5 * step * torch.tanh(self.deformation_network(enc)) if self.cfg.isosurface_deformable_grid else None
+        else:  # evaluation / export: the field in chunks of isosurface_chunk vertices (issue #24)
+            sdf, offset = self._grid_values_chunked(verts, step)
         level = self.isosurface_level(sdf.detach())
-        if self.cfg.isosurface_deformable_grid:
-            step = 2.0 * self.cfg.radius / self.cfg.isosurface_resolution
-            verts = verts + 0.5 * step * torch.tanh(self.deformation_network(enc))
+        if offset is not None:
+            verts = verts + offset
         v_pos, faces = marching_tets(verts, sdf - level, tets)
         mesh = Mesh(v_pos, faces)
         if self.cfg.isosurface_remove_outliers and faces.shape[0] > 0:
             mesh = mesh.remove_outlier(self.cfg.isosurface_outlier_n_faces_threshold)
         return mesh
+
+    def _grid_values_chunked(self, verts: torch.Tensor, step: float) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """sdf [V,1] and deformation offsets [V,3] (or None) at the grid vertices, chunk by chunk."""
+        chunk = self.cfg.isosurface_chunk if self.cfg.isosurface_chunk > 0 else verts.shape[0]
+        sdfs, offsets = [], []
+        for part in verts.split(chunk):
+            sdf, enc = self._sdf_and_encoding(part)
+            sdfs.append(sdf)
+            if self.cfg.isosurface_deformable_grid:
+                offsets.append(0.5 * step * torch.tanh(self.deformation_network(enc)))
+        return torch.cat(sdfs, 0), (torch.cat(offsets, 0) if offsets else None)
 
     # ------------------------------------------------------------------ shape initialisation
     def initialize_shape(self) -> None:

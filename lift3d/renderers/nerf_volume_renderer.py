@@ -10,8 +10,9 @@ candidate samples fit `eval_max_samples` × `eval_march_factor` (16 bytes per ke
 kept samples are shaded and composited in chunks of at most `eval_max_samples`, cut at ray
 boundaries so that every ray is composited whole — the same images as one unchunked pass, with a
 peak that no longer grows with the resolution. Each shaded sample costs about 0.7 KB (hash grid +
-MLPs) and 4.4 KB with finite-difference normals, which evaluation always computes
-(`lift3d/memory_check.py` holds the measured figures).
+MLPs) and 5.7 KB with finite-difference normals, which evaluation always computes
+(`lift3d/memory_check.py` holds the measured figures). Training marches with the same budget of
+candidates per pruning query (alpha pruning evaluates the field once per candidate).
 """
 from __future__ import annotations
 
@@ -35,9 +36,10 @@ class NeRFVolumeRenderer(BaseRenderer):
         num_samples_per_ray: int = 512
         randomized: bool = True  # stratified sample offsets during training
         eval_chunk_size: int = 160000  # at most this many rays per marching group at evaluation
-        # samples shaded at once at evaluation: 2^19 × ~4.4 KB (finite-difference normals) ≈ 2.3 GB,
-        # sized for a 24 GB machine or GPU next to the models; lower it on smaller ones
-        eval_max_samples: int = 1 << 19
+        # samples shaded at once at evaluation (and candidates pruned at once while marching):
+        # 2^18 × ~5.7 KB (16-level hash grid, finite-difference normals) ≈ 1.5 GB, sized for a 24 GB
+        # machine or GPU next to the models; lower it on smaller ones (lift3d/memory_check.py)
+        eval_max_samples: int = 1 << 18
         eval_march_factor: int = 8  # a marching group holds at most this many × eval_max_samples candidates
         grid_prune: bool = True
         grid_resolution: int = 32
@@ -136,7 +138,7 @@ class NeRFVolumeRenderer(BaseRenderer):
     # ------------------------------------------------------------------ rendering
     def _render_rays(self, o: torch.Tensor, d: torch.Tensor, lights: torch.Tensor) -> dict[str, torch.Tensor]:
         """March and shade all rays at once (training: one graph for the whole batch)."""
-        ray_idx, t_starts, t_ends = self._march(o, d)
+        ray_idx, t_starts, t_ends = self._march(o, d, chunk_size=int(self.cfg.eval_max_samples))
         return self._shade(o, d, lights, ray_idx, t_starts, t_ends)
 
     def _render_rays_bounded(self, o: torch.Tensor, d: torch.Tensor, lights: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -39,6 +39,9 @@ class MeshRasterizer(BaseRenderer):
         # threestudio's nvdiffrast context ("gl" | "cuda"); lift3d's rasterizer is pure PyTorch on
         # any device, so this is accepted and ignored
         context_type: str = "cuda"
+        # covered pixels whose texture field and material are evaluated at once at evaluation (issue #24);
+        # training evaluates them all in one graph
+        eval_max_samples: int = 1 << 18
 
     def forward(
         self,
@@ -71,24 +74,13 @@ class MeshRasterizer(BaseRenderer):
         sel = torch.nonzero(mask.reshape(-1) > 0).squeeze(1)  # covered pixels (flat)
         rgb_fg = gb_pos.new_zeros(B * H * W, 3)
         if render_rgb and sel.numel() > 0:
-            b_idx = sel // (H * W)
-            positions = gb_pos.reshape(-1, 3)[sel]  # [N,3]
-            normals = gb_normal.reshape(-1, 3)[sel]
-            geo_out = self.geometry(positions, output_normal=False)
-            features = geo_out.get("features")
-            if features is None or features.shape[-1] == 0:
-                rgb = (normals + 1.0) * 0.5
-            else:
-                extra = {k: v for k, v in geo_out.items() if k not in ("features", "normal")}
-                rgb = self.material(
-                    features=features,
-                    viewdirs=F.normalize(positions - camera_positions[b_idx].to(positions), dim=-1),
-                    positions=positions,
-                    light_positions=light_positions[b_idx].to(positions),
-                    shading_normal=normals,
-                    **extra,
-                )[..., :3]
-            rgb_fg = rgb_fg.index_copy(0, sel, rgb.to(rgb_fg.dtype))
+            if self.training:
+                rgb = self._shade(sel, gb_pos, gb_normal, camera_positions, light_positions, H * W)
+                rgb_fg = rgb_fg.index_copy(0, sel, rgb.to(rgb_fg.dtype))
+            else:  # evaluation: at most eval_max_samples pixels through the texture field at once
+                for part in sel.split(max(1, int(self.cfg.eval_max_samples))):
+                    rgb = self._shade(part, gb_pos, gb_normal, camera_positions, light_positions, H * W)
+                    rgb_fg.index_copy_(0, part, rgb.to(rgb_fg.dtype))
         rgb_fg = rgb_fg.view(B, H, W, 3)
 
         normal_img = (gb_normal + 1.0) * 0.5 * mask
@@ -108,6 +100,25 @@ class MeshRasterizer(BaseRenderer):
         if self.training:
             out["mesh"] = mesh
         return out
+
+    def _shade(self, sel, gb_pos, gb_normal, camera_positions, light_positions, hw: int) -> torch.Tensor:
+        """Colour of the covered pixels `sel` ([N] flat indices into [B·H·W]) → [N,3]."""
+        b_idx = sel // hw
+        positions = gb_pos.reshape(-1, 3)[sel]  # [N,3]
+        normals = gb_normal.reshape(-1, 3)[sel]
+        geo_out = self.geometry(positions, output_normal=False)
+        features = geo_out.get("features")
+        if features is None or features.shape[-1] == 0:
+            return (normals + 1.0) * 0.5
+        extra = {k: v for k, v in geo_out.items() if k not in ("features", "normal")}
+        return self.material(
+            features=features,
+            viewdirs=F.normalize(positions - camera_positions[b_idx].to(positions), dim=-1),
+            positions=positions,
+            light_positions=light_positions[b_idx].to(positions),
+            shading_normal=normals,
+            **extra,
+        )[..., :3]
 
     def _background(self, B, H, W, rays_d, bg_color, ref) -> torch.Tensor:
         if bg_color is not None:

@@ -1,0 +1,289 @@
+"""Pre-flight memory check (issue #24): estimate a run's peak from its config, before any model is
+loaded or trial folder written, and refuse to start — exit 2, one message — when it does not fit.
+
+    peak = process baseline + weights on disk + field parameters (× optimizer state when training)
+           + max(training step, evaluation view)
+
+- training step, volume renderers: march chunk × bytes per pruned candidate + rays × samples per
+  ray × kept fraction × bytes per kept sample (with autograd); the patch renderer's rays are the
+  low-resolution frame plus one patch;
+- evaluation view, volume renderers: min(rays × samples per ray, `eval_max_samples`) × bytes per
+  shaded sample (hash grid + MLPs + finite-difference normals, no autograd) + per-ray buffers — the
+  renderer shades in sample chunks (lift3d/renderers/nerf_volume_renderer.py), so this no longer
+  grows with the resolution;
+- mesh rasterizer: pixels × bytes per pixel (rasterize, interpolate, antialias, texture field) +
+  the DMTet grid (tets and marching tetrahedra intermediates ∝ resolution³);
+- weights: the size on disk of every model folder or checkpoint the config names (keys ending in
+  `model_name_or_path`, `geometry_convert_from`, `resume`), Hugging Face ids looked up in the hub cache.
+
+The per-sample / per-pixel figures are peak RSS increments measured on CPU with the shipped hash grid
+(benchmarks/bench_memory.py checks the whole estimate against measured peaks: benchmarks/RESULTS.md).
+Free memory: /proc/meminfo MemAvailable on CPU, torch.cuda.mem_get_info on GPU; the environment
+variable LIFT3D_FREE_MEMORY (bytes, or a number with K/M/G) replaces the measured figure (tests,
+or to reserve memory for something else). `memory_check=false` on the command line skips the check.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from lift3d.errors import ConfigError
+
+MB = 2**20
+GB = 2**30
+
+# ---------------------------------------------------------------- measured figures (CPU, float32)
+BASELINE_CPU = 900 * MB  # Python + torch + Lightning + diffusers + data module, before any rendering
+BASELINE_GPU = 0  # device memory: the CUDA context is already taken when mem_get_info is read
+EVAL_SAMPLE_BASE = 3730  # bytes per shaded sample at evaluation (finite-difference normals: 7 field queries) ...
+EVAL_SAMPLE_PER_LEVEL = 127  # ... plus this per hash-grid level
+MARCH_CANDIDATE = 1200  # bytes per candidate sample while marching with alpha pruning (one field query)
+TRAIN_SAMPLE = 1700  # bytes per kept sample in a training step (forward + backward)
+KEPT_FRACTION = 0.1  # kept / candidate samples of an early (blob-initialised) field
+PER_RAY_EVAL = 160  # per-ray buffers of an evaluation view (outputs, marching bounds, images)
+RASTER_PIXEL_TRAIN = 3000  # bytes per pixel of a mesh-rasterizer training view (with autograd)
+RASTER_PIXEL_EVAL = 1200  # bytes per pixel of a mesh-rasterizer evaluation view
+DMTET_PER_CUBE = 900  # bytes per lattice cube of a DMTet grid: 6 tets (int64) + marching tets transients
+ADAM_STATE = 4  # parameter + gradient + two moments
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
+ENV_FREE = "LIFT3D_FREE_MEMORY"
+
+
+class MemoryBudgetError(ConfigError):
+    """The estimated peak does not fit in the free memory."""
+
+
+@dataclass
+class MemoryEstimate:
+    device: str
+    baseline: int
+    weights: int
+    params: int
+    train_step: int
+    eval_view: int
+    keys: list[str] = field(default_factory=list)  # config keys that lower the estimate
+
+    @property
+    def peak(self) -> int:
+        return self.baseline + self.weights + self.params + max(self.train_step, self.eval_view)
+
+    def as_mb(self) -> dict[str, float]:
+        return {"train_step_mb": self.train_step / MB, "eval_view_mb": self.eval_view / MB,
+                "weights_mb": self.weights / MB, "params_mb": self.params / MB, "peak_mb": self.peak / MB}
+
+    def summary(self) -> str:
+        return (f"peak {self.peak / MB:.0f} MB (training step {self.train_step / MB:.0f} MB, evaluation view "
+                f"{self.eval_view / MB:.0f} MB, weights {self.weights / MB:.0f} MB, field {self.params / MB:.0f} MB, "
+                f"process {self.baseline / MB:.0f} MB) on {self.device}")
+
+
+# ---------------------------------------------------------------- config reading
+def _get(section: Any, key: str, default: Any = None) -> Any:
+    try:
+        value = section.get(key, default) if section is not None else default
+    except Exception:  # noqa: BLE001 - a missing (???) value reads as the default
+        return default
+    return default if value is None else value
+
+
+def _largest(value: Any) -> int:
+    """A size that may be a schedule list (progressive resolution) → its largest entry."""
+    if isinstance(value, (int, float)):
+        return int(value)
+    try:
+        return max(int(v) for v in value)
+    except Exception:  # noqa: BLE001
+        return 0
+
+
+def _component_cfg(type_name: str, section: Any) -> Any:
+    from lift3d.config import parse_structured
+    from lift3d.registry import find
+
+    return parse_structured(find(type_name).Config, section if section is not None else {})
+
+
+def _frames(data: Any) -> tuple[int, int, int, int]:
+    """(train batch, train pixels per view, eval pixels per view) of the data section."""
+    cams = _get(data, "random_camera") or data
+    batch = _largest(_get(cams, "batch_size", 1)) or 1
+    h, w = _largest(_get(cams, "height", 64)), _largest(_get(cams, "width", 64))
+    eh, ew = _largest(_get(cams, "eval_height", 512)), _largest(_get(cams, "eval_width", 512))
+    return batch, h, w, eh * ew
+
+
+def _hash_levels(geo: Any) -> tuple[int, int]:
+    enc = _get(geo, "pos_encoding_config", {}) or {}
+    levels = int(_get(enc, "n_levels", 16)) if _get(enc, "otype", "HashGrid") in ("HashGrid", "ProgressiveBandHashGrid") else 0
+    table = levels * min(2 ** int(_get(enc, "log2_hashmap_size", 19)), 2**24) * int(_get(enc, "n_features_per_level", 2)) * 4
+    return levels, table
+
+
+def _dir_weights(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    return 0
+
+
+def _hub_cache_size(repo_id: str) -> int:
+    base = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache/huggingface")) / "hub")
+    folder = base / ("models--" + repo_id.replace("/", "--")) / "blobs"
+    if not folder.is_dir():
+        return 0
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file() and p.stat().st_size > MB)
+
+
+def weight_paths(cfg: Any) -> list[str]:
+    """Every model folder / hub id / checkpoint the config names (deduplicated, in order)."""
+    from omegaconf import OmegaConf
+
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if isinstance(value, str) and (key.endswith("model_name_or_path") or key == "geometry_convert_from"):
+                    found.append(value)
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    system = OmegaConf.to_container(cfg.system, resolve=False, throw_on_missing=False) if "system" in cfg else {}
+    walk(system)
+    if _get(cfg, "resume"):
+        found.append(str(cfg.resume))
+    out = []
+    for value in found:
+        if value and not value.startswith("${") and value not in out and value not in ("???", "LAST"):
+            out.append(value)
+    return out
+
+
+def weights_bytes(cfg: Any) -> int:
+    total = 0
+    for value in weight_paths(cfg):
+        path = Path(value)
+        if path.is_dir() and (path / "ckpts/last.ckpt").is_file():  # a trial folder
+            path = path / "ckpts/last.ckpt"
+        size = _dir_weights(path)
+        if size == 0 and re.fullmatch(r"[\w.-]+/[\w.-]+", value):
+            size = _hub_cache_size(value)
+        total += size
+    return total
+
+
+# ---------------------------------------------------------------- the estimate
+def estimate(cfg: Any, device: str = "cpu", fitting: bool = True) -> MemoryEstimate:
+    """The estimated peak of one training step and one evaluation view of an experiment config."""
+    system = cfg.system
+    batch, h, w, eval_px = _frames(_get(cfg, "data", {}))
+    geo_type = str(_get(system, "geometry_type", ""))
+    geo = _component_cfg(geo_type, _get(system, "geometry")) if geo_type else {}
+    levels, table = _hash_levels(geo)
+    params = table + (DMTET_PER_CUBE * int(_get(geo, "isosurface_resolution", 0)) ** 3 // 4 if "tetrahedra" in geo_type else 0)
+    params = params * (ADAM_STATE if fitting else 1)
+    renderer_type = str(_get(system, "renderer_type", ""))
+    renderer = _component_cfg(renderer_type, _get(system, "renderer")) if renderer_type else {}
+    keys: list[str] = []
+    train = evalv = 0
+    if renderer_type == "patch-renderer":
+        base = _component_cfg(str(renderer.base_renderer_type), renderer.base_renderer)
+        p, s = int(renderer.patch_size), int(renderer.global_downsample)
+        train_rays = batch * ((-(-h // s)) * (-(-w // s)) + p * p) if (h > p or w > p) else batch * h * w
+        train, evalv = _volume(base, train_rays, eval_px, levels)
+        keys = ["system.renderer.base_renderer.eval_max_samples", "system.renderer.base_renderer.num_samples_per_ray",
+                "system.renderer.patch_size", "data.random_camera.eval_width/eval_height"]
+    elif renderer_type in ("nerf-volume-renderer", "neus-volume-renderer"):
+        train, evalv = _volume(renderer, batch * h * w, eval_px, levels)
+        keys = ["system.renderer.eval_max_samples", "system.renderer.num_samples_per_ray", "data.width/height",
+                "data.batch_size"]
+    elif renderer_type in ("mesh-rasterizer", "nvdiff-rasterizer"):
+        grid = DMTET_PER_CUBE * int(_get(geo, "isosurface_resolution", 0)) ** 3 if "tetrahedra" in geo_type or \
+            _get(geo, "isosurface_method", "mc") == "mt" else 0
+        train = batch * h * w * RASTER_PIXEL_TRAIN + grid
+        evalv = eval_px * RASTER_PIXEL_EVAL + grid
+        keys = ["data.width/height", "data.batch_size", "system.geometry.isosurface_resolution",
+                "data.eval_width/eval_height"]
+    weights = weights_bytes(cfg)
+    if weights:
+        keys.append("the diffusion model (system.guidance.*model_name_or_path)")
+    baseline = BASELINE_GPU if device.startswith("cuda") else BASELINE_CPU
+    if not fitting:
+        train = 0
+    return MemoryEstimate(device=device, baseline=baseline, weights=weights, params=params, train_step=train,
+                          eval_view=evalv, keys=keys)
+
+
+def _volume(renderer: Any, train_rays: int, eval_rays: int, levels: int) -> tuple[int, int]:
+    samples = int(renderer.num_samples_per_ray) + 1
+    budget = int(_get(renderer, "eval_max_samples", 1 << 18))
+    march = min(train_rays * samples, budget) * MARCH_CANDIDATE
+    train = march + int(train_rays * samples * KEPT_FRACTION) * TRAIN_SAMPLE
+    shade = min(eval_rays * samples, budget) * (EVAL_SAMPLE_BASE + EVAL_SAMPLE_PER_LEVEL * levels)
+    return train, shade + eval_rays * PER_RAY_EVAL
+
+
+# ---------------------------------------------------------------- free memory and the check
+def parse_bytes(text: str) -> int:
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([kKmMgGtT]?)i?[bB]?\s*", str(text))
+    if not m:
+        raise ConfigError(f"{ENV_FREE}='{text}': give bytes or a number with K, M or G (e.g. 512M).")
+    scale = {"": 1, "k": 2**10, "m": MB, "g": GB, "t": 2**40}[m.group(2).lower()]
+    return int(float(m.group(1)) * scale)
+
+
+def free_memory(device: str) -> tuple[int, str]:
+    """(free bytes, where the figure comes from)."""
+    if os.environ.get(ENV_FREE):
+        return parse_bytes(os.environ[ENV_FREE]), f"{ENV_FREE}"
+    if device.startswith("cuda"):
+        import torch
+
+        free, _ = torch.cuda.mem_get_info()
+        return int(free), "GPU memory free (torch.cuda.mem_get_info)"
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024, "RAM available (/proc/meminfo MemAvailable)"
+    return 1 << 62, "RAM (unknown)"
+
+
+def pop_switch(extras: list[str]) -> tuple[bool, list[str]]:
+    """Take `memory_check=<bool>` out of launch.py's overrides → (enabled, the other overrides)."""
+    enabled, rest = True, []
+    for arg in extras:
+        if arg.split("=", 1)[0] == "memory_check":
+            value = arg.split("=", 1)[1].strip().lower() if "=" in arg else ""
+            if value not in ("true", "false", "1", "0"):
+                raise ConfigError(f"memory_check='{value}': use memory_check=true or memory_check=false.")
+            enabled = value in ("true", "1")
+        else:
+            rest.append(arg)
+    return enabled, rest
+
+
+def check(cfg: Any, device: str, fitting: bool, enabled: bool = True, log=print) -> Optional[MemoryEstimate]:
+    """Print the estimate; raise MemoryBudgetError (launch.py exits 2) when it exceeds the free memory."""
+    try:
+        est = estimate(cfg, device=device, fitting=fitting)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - an estimate must never stop a valid run
+        log(f"lift3d: memory estimate unavailable ({type(exc).__name__}: {exc})")
+        return None
+    free, source = free_memory(device)
+    log(f"lift3d: memory estimate: {est.summary()}; {source}: {free / MB:.0f} MB")
+    if enabled and est.peak > free:
+        raise MemoryBudgetError(
+            f"the estimated peak memory, {est.peak / MB:.0f} MB ({est.summary()}), exceeds the "
+            f"{free / MB:.0f} MB free ({source}). Lower {', '.join(est.keys) or 'the frame sizes'}, "
+            f"or add memory_check=false to run anyway."
+        )
+    return est
