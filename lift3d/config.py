@@ -74,10 +74,17 @@ def parse_overrides(cli_args: list[str]) -> DictConfig:
                 f"bad override '{arg}': overrides are key=value with a dotted key, e.g. "
                 f"system.prompt_processor.prompt=\"a pineapple\" or trainer.max_steps=2000."
             )
-    try:
-        return OmegaConf.from_dotlist(list(cli_args))
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"bad override in {cli_args}: {exc}") from None
+    merged = OmegaConf.create()
+    for arg in cli_args:  # one at a time, so that the message names the bad one
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([arg]))
+        except Exception as exc:  # OmegaConf errors, and yaml's for an unbalanced [ or {
+            reason = " ".join(str(exc).split())[:200]
+            raise ConfigError(
+                f"bad override '{arg}': {reason}. Quote values with brackets or braces as a whole YAML list/map, "
+                f"e.g. 'data.elevation_range=[-10,90]', or write a literal string as key='\"[text\"'."
+            ) from None
+    return merged
 
 
 def check_mandatory(cfg: DictConfig) -> None:
@@ -100,9 +107,15 @@ def load_config(
         if not Path(path).is_file():
             raise ConfigError(f"config file not found: '{path}'. Pass an existing YAML to --config.")
         try:
-            cfgs.append(OmegaConf.load(path))
+            loaded = OmegaConf.load(path)
         except Exception as exc:  # yaml.YAMLError and friends
             raise ConfigError(f"cannot parse config file '{path}': {exc}") from None
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(
+                f"config file '{path}' holds a {type(loaded).__name__.replace('Config', '').lower() or 'value'} "
+                f"at its top level; an experiment config is a mapping (name:, data_type:, system: ...)."
+            )
+        cfgs.append(loaded)
     cfgs.append(parse_overrides(list(cli_args)))
     raw = OmegaConf.merge(*cfgs)
     check_keys(ExperimentConfig, raw, path="", component="the experiment (top level)")
@@ -187,21 +200,76 @@ def parse_structured(cls: type, cfg: Any = None, path: str = "", component: str 
 
 
 # ---------------------------------------------------------------- whole-experiment validation
+def _matches(value: Any, annotation: Any) -> bool:
+    """Whether a config value fits a signature annotation, for the plain types a YAML can hold
+    (int, float, bool, str, None, Literal, list, dict and unions of them); any other class (a
+    Logger, a timedelta, ...) cannot be written in a YAML value and is not judged here."""
+    if annotation is inspect.Parameter.empty or annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union:
+        return any(_matches(value, a) for a in typing.get_args(annotation))
+    if origin is typing.Literal:
+        return value in typing.get_args(annotation)
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple))
+    if origin is dict or annotation is dict:
+        return isinstance(value, dict)
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    return not isinstance(value, (int, float, bool, str, type(None))) or origin is not None
+
+
+# (key, lowest allowed value, example) for counts whose type alone does not make them valid
+_LOWER_BOUNDS = {
+    "max_steps": (-1, "trainer.max_steps=10000 (-1: no limit)"),
+    "max_epochs": (-1, "trainer.max_epochs=1"),
+    "log_every_n_steps": (1, "trainer.log_every_n_steps=50"),
+    "accumulate_grad_batches": (1, "trainer.accumulate_grad_batches=1"),
+    "check_val_every_n_epoch": (1, "trainer.check_val_every_n_epoch=1"),
+    "num_sanity_val_steps": (-1, "trainer.num_sanity_val_steps=0"),
+    "every_n_train_steps": (0, "checkpoint.every_n_train_steps=500"),
+    "every_n_epochs": (0, "checkpoint.every_n_epochs=1"),
+    "save_top_k": (-1, "checkpoint.save_top_k=-1 (keep all)"),
+}
+
+
 def _check_call_kwargs(target: Any, cfg: Any, path: str, what: str) -> None:
-    """Check that every key of `cfg` is a keyword argument of `target` (e.g. Lightning's Trainer)."""
-    params = inspect.signature(target).parameters
+    """Check that every key of `cfg` is a keyword argument of `target` (e.g. Lightning's Trainer)
+    and that its value has the argument's type (and, for counts, a valid range)."""
+    try:
+        params = inspect.signature(target, eval_str=True).parameters
+    except Exception:  # an annotation that does not evaluate: names only
+        params = inspect.signature(target).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
     valid = [n for n in params if n != "self"]
-    for key in (cfg or {}).keys():
+    values = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else (cfg or {})
+    for key in values.keys():
         if key not in params:
             raise ConfigError(
                 f"unknown config key '{path}.{key}' for {what}.{did_you_mean(key, valid)} "
                 f"Valid keys: {', '.join(valid)}."
             )
+        value, annotation = values[key], params[key].annotation
+        if not _matches(value, annotation):
+            shown = str(annotation).replace("typing.", "")
+            raise ConfigError(f"{path}.{key} = {value!r} has the wrong type for {what}: expected {shown}.")
+        if key in _LOWER_BOUNDS and isinstance(value, int) and not isinstance(value, bool):
+            low, example = _LOWER_BOUNDS[key]
+            if value < low:
+                raise ConfigError(f"{path}.{key} = {value} is below {low}: give e.g. {example}.")
 
 
-def validate_experiment(cfg: DictConfig, fitting: bool = True) -> None:
+def validate_experiment(cfg: DictConfig, fitting: bool = True, cli_args: Optional[list[str]] = None) -> None:
     """Validate every section of an experiment before any work starts.
 
     Resolves data_type and system_type, parses their configs strictly, and lets the system class
@@ -222,6 +290,12 @@ def validate_experiment(cfg: DictConfig, fitting: bool = True) -> None:
     system_cls = find(cfg.system_type)
     system_cls.validate_config(cfg.system, path="system", resumed=cfg.resume is not None, fitting=fitting,
                                exp_root_dir=cfg.exp_root_dir)
+    from lift3d.systems.base import BaseLift3DSystem
+
+    if fitting and issubclass(system_cls, BaseLift3DSystem):  # optimizer names and arguments, before any build
+        from lift3d.systems.optim import validate_optimizer_config
+
+        validate_optimizer_config(cfg.system, cli_args)
 
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint

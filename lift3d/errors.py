@@ -26,3 +26,17 @@ class RegistryError(Lift3DError, KeyError):
 
 class SurfaceError(Lift3DError, ValueError):
     """No surface can be extracted (e.g. the field never crosses the isosurface threshold)."""
+
+
+class RunFault(Lift3DError):
+    """A run stopped by a fault during training (a non-finite loss, gradient or parameter, a full
+    disk); the last good checkpoint is kept. launch.py exits with code 3."""
+
+
+class Interrupted(BaseException):
+    """SIGINT/SIGTERM outside a training step (or a second signal): stop now. A BaseException, like
+    KeyboardInterrupt, so that no `except Exception` swallows it. `signum`: the signal received."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = int(signum)

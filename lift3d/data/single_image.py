@@ -50,6 +50,7 @@ from lift3d.errors import ConfigError
 from lift3d.registry import register
 from lift3d.utils.config_checks import check_scalar, fail
 from lift3d.utils.base import Updateable
+from lift3d.data.seeded_stream import SeededBatchStream
 
 
 @dataclass
@@ -85,7 +86,7 @@ def _as_config(cfg: Any, path: str) -> Any:
     return parse_structured(SingleImageDataModuleConfig, cfg, path=path, component=COMPONENT)
 
 
-class SingleImageIterableDataset(IterableDataset, Updateable):
+class SingleImageIterableDataset(SeededBatchStream):
     """Endless stream of reference-view batches (+ random cameras); `sample()` makes one."""
 
     def __init__(self, cfg: Any, path: str = "data") -> None:
@@ -158,21 +159,18 @@ class SingleImageIterableDataset(IterableDataset, Updateable):
             batch["random_camera"] = self.random_camera.sample()
         return batch
 
-    def __iter__(self) -> Iterator[Dict[str, Any]]:
-        while True:
-            yield self.sample()
-
-    def state_dict(self) -> Dict[str, Any]:
+    # SeededBatchStream: iteration and the checkpointed state (one entry per batch not yet trained on)
+    def stream_state(self) -> Dict[str, Any]:
         state = {"generator": self.generator.get_state()}
         if self.random_camera is not None:
-            state["random_camera"] = self.random_camera.state_dict()
+            state["random_camera"] = self.random_camera.stream_state()
         return state
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
+    def load_stream_state(self, state: Dict[str, Any]) -> None:
         if "generator" in state:
             self.generator.set_state(state["generator"])
         if self.random_camera is not None and "random_camera" in state:
-            self.random_camera.load_state_dict(state["random_camera"])
+            self.random_camera.load_stream_state(state["random_camera"])
 
 
 @register("single-image-datamodule")

@@ -20,6 +20,7 @@ What it does (threestudio-conventions.md, "Prompt directions"):
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,6 +255,22 @@ class StableDiffusionPromptProcessor(BasePromptProcessor):
 __all__ = ["PromptProcessorOutput", "StableDiffusionPromptProcessor", "encode_prompts", "library_prompts", "resolve_prompt", "DIRECTION_NAMES"]
 
 
+def warn_truncated_prompts(tokenizer: Any, prompts: list[str], max_length: int) -> list[str]:
+    """Log a warning for each prompt longer than the text encoder's `max_length` tokens (start and end
+    tokens included): the tokenizer cuts it and the model never sees the end. Returns those prompts."""
+    cut = []
+    for prompt in prompts:
+        ids = tokenizer(prompt, truncation=False).input_ids
+        if len(ids) > max_length:
+            kept = tokenizer.decode(ids[1:max_length - 1])
+            logging.getLogger(__name__).warning(
+                "prompt has %d tokens, more than the text encoder's %d: it is cut after '...%s'; the rest "
+                "('%s') is ignored. Shorten system.prompt_processor.prompt.",
+                len(ids), max_length, kept[-40:], tokenizer.decode(ids[max_length - 1:-1])[:200])
+            cut.append(prompt)
+    return cut
+
+
 @torch.no_grad()
 def encode_prompts(model_path: str, prompts: list[str]) -> Tensor:
     """[N, 77, D] float32 CPU embeddings of `prompts` with the SD folder's tokenizer and text encoder,
@@ -267,6 +284,7 @@ def encode_prompts(model_path: str, prompts: list[str]) -> Tensor:
     try:
         # 77 for CLIP; a tokenizer folder without model_max_length reports a huge number
         max_length = min(int(tokenizer.model_max_length), int(text_encoder.config.max_position_embeddings))
+        warn_truncated_prompts(tokenizer, prompts, max_length)
         tokens = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
         embeddings = text_encoder(tokens.input_ids.to(device))[0].float().cpu()
     finally:

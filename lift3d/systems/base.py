@@ -15,6 +15,14 @@ registered as the system's child `guidance_params`, so it is saved in checkpoint
 The guidance is built in `setup("fit")`, before Lightning restores a resumed checkpoint and
 builds the optimizer; runs that never build a guidance (--test, --export) drop the
 `guidance_params.*` entries of the checkpoint they load.
+
+Faults (issue #21): `guarded_loss` names the first weighted loss term that is not finite (and may
+skip up to `nonfinite_skip_steps` such steps), `on_before_optimizer_step` names the first parameter
+with a non-finite gradient, `optimizer_step` checks the parameters after the update; each raises
+RunFault before the step's checkpoint is written, so `last.ckpt` stays the last good state.
+Exact resume: checkpoints carry the global RNG states (python/numpy/torch), restored right before the
+resumed run's first training step; validation during fitting leaves them as they were; the training
+stream is told when a step takes its batch (`SeededBatchStream.consumed`).
 """
 from __future__ import annotations
 
@@ -29,7 +37,7 @@ from omegaconf import OmegaConf
 
 from lift3d.background.base import BaseBackground
 from lift3d.config import parse_structured
-from lift3d.errors import ConfigError
+from lift3d.errors import ConfigError, RunFault
 from lift3d.export.base import BaseExporter
 from lift3d.geometry.base import BaseGeometry
 from lift3d.guidance.base import BaseGuidance
@@ -40,7 +48,9 @@ from lift3d.renderers.base import BaseRenderer
 from lift3d.systems.optim import make_optimizer, make_scheduler
 from lift3d.systems.regularizers import REGULARIZERS
 from lift3d.systems.stage_chain import resolve_checkpoint_keys
+from lift3d.utils import rng_state
 from lift3d.utils.base import Updateable, component_label
+from lift3d.utils.checkpointing import DIGEST_KEY, FORMAT_KEY, FORMAT_VERSION, config_digest, read_checkpoint
 from lift3d.utils.schedule import C
 
 
@@ -69,6 +79,8 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
         geometry_convert_override: dict = field(default_factory=dict)
         cleanup_after_validation_step: bool = False
         cleanup_after_test_step: bool = False
+        # steps with a non-finite loss skipped (no update) before the run stops; 0: stop at the first
+        nonfinite_skip_steps: int = 0
 
     # (config key of the component, config key of its registered type, the base class it derives from)
     COMPONENTS = (
@@ -124,11 +136,14 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
                 C(parsed.loss[key], 0, 0)
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"{path}.loss.{key}: {exc}") from None
+        if parsed.nonfinite_skip_steps < 0:
+            raise ConfigError(f"{path}.nonfinite_skip_steps = {parsed.nonfinite_skip_steps} is negative: use 0 (stop at the first) or more.")
         if parsed.geometry_convert_from and not resumed:
             from lift3d.systems.stage_chain import previous_stage_config, resolve_checkpoint
 
             key = f"{path}.geometry_convert_from"
             ckpt = resolve_checkpoint(parsed.geometry_convert_from, exp_root_dir, key)
+            read_checkpoint(ckpt, key)  # empty / truncated / foreign: a clear error now, not at construction
             prev = previous_stage_config(ckpt, key)
             target = find(parsed.geometry_type)
             if not target.can_convert_from(prev.system.geometry_type):
@@ -147,6 +162,9 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
         self._resumed = resumed
         self._exp_root_dir = exp_root_dir
         self._loaded_global_step = 0
+        self._rng_to_restore: Optional[dict] = None  # global RNG states of a resumed checkpoint
+        self._rng_before_validation: Optional[dict] = None
+        self._nonfinite_skipped = 0
         self.guidance: Any = None
         self.prompt_processor: Any = None
         self.prompt_utils: Any = None
@@ -201,8 +219,14 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
         step = int(self.trainer.global_step) if self._trainer is not None else 0
         return max(step, self._loaded_global_step)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[FORMAT_KEY] = FORMAT_VERSION
+        checkpoint[DIGEST_KEY] = config_digest(self.cfg)
+        checkpoint["lift3d_rng"] = rng_state.capture()  # after this step; the next step draws from here
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._loaded_global_step = int(checkpoint.get("global_step", 0))
+        self._rng_to_restore = checkpoint.get("lift3d_rng")
         if "guidance_params" not in self._modules:  # no guidance built (--test/--export): not needed
             state = checkpoint.get("state_dict", {})
             for key in [k for k in state if k.startswith("guidance_params.")]:
@@ -228,13 +252,78 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
         self.build_guidance()
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        from lift3d.data.seeded_stream import SeededBatchStream
+
+        dataset = getattr(getattr(self.trainer, "datamodule", None), "train_dataset", None)
+        if isinstance(dataset, SeededBatchStream):
+            dataset.consumed()  # this step took the oldest drawn batch
+        if self._rng_to_restore is not None:  # first step of a resumed run: continue the saved sequences
+            rng_state.restore(self._rng_to_restore)
+            self._rng_to_restore = None
         self._update_all()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # validation during fitting must not shift the training's random sequences (a resumed run
+        # does not repeat the validation of its checkpoint's step)
+        self._rng_before_validation = rng_state.capture()
+
+    def on_validation_end(self) -> None:
+        if self._trainer is not None and self.trainer.state.fn == "fit" and self._rng_before_validation is not None:
+            rng_state.restore(self._rng_before_validation)
 
     def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._update_all()
 
     def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._update_all()
+
+    # ------------------------------------------------------------------ non-finite guard
+    def guarded_loss(self, loss: torch.Tensor, terms: dict, lambdas: dict) -> Optional[torch.Tensor]:
+        """`loss`, or None to skip this step (Lightning then makes no update) while fewer than
+        `nonfinite_skip_steps` steps were skipped; else RunFault naming the first weighted loss term
+        (or the total) that is not finite."""
+        if bool(torch.isfinite(loss.detach()).all()):
+            return loss
+        bad = "loss (the weighted sum)"
+        for name, value in terms.items():
+            if name.startswith("loss_") and lambdas.get(name[len("loss_"):], 0.0) > 0.0 and torch.is_tensor(value):
+                if not bool(torch.isfinite(value.detach()).all()):
+                    bad = f"{name} (weight system.loss.lambda_{name[len('loss_'):]})"
+                    break
+        self._nonfinite_skipped += 1
+        if self._nonfinite_skipped <= self.cfg.nonfinite_skip_steps:
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "step %d: %s is not finite; step skipped (%d of system.nonfinite_skip_steps=%d).",
+                self.true_global_step, bad, self._nonfinite_skipped, self.cfg.nonfinite_skip_steps)
+            return None
+        self._nonfinite_fault(f"{bad} is not finite")
+
+    def _nonfinite_fault(self, what: str) -> None:
+        raise RunFault(
+            f"training diverged at step {self.true_global_step}: {what}. The run stopped; ckpts/last.ckpt "
+            f"(if any) is the last good state. Lower system.optimizer lr (or its parameter group's), check the "
+            f"loss weights, or set system.nonfinite_skip_steps to skip rare bad steps."
+        )
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        for group in optimizer.param_groups:
+            grads = [p.grad for p in group["params"] if p.grad is not None]
+            if grads and not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
+                for name, p in self.named_parameters():
+                    if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+                        self._nonfinite_fault(f"the gradient of {name} is not finite")
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if params and not bool(torch.isfinite(torch.stack(torch._foreach_norm(params))).all()):
+            # (a norm can overflow with finite entries: only an entry that is not finite is a fault)
+            name = next((n for n, p in self.named_parameters() if not bool(torch.isfinite(p).all())), None)
+            if name is not None:
+                lrs = ", ".join(f"{g.get('name', 'default')}: {g['lr']}" for g in optimizer.param_groups)
+                self._nonfinite_fault(f"{name} is not finite after the optimizer step (learning rates {lrs})")
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:

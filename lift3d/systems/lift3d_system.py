@@ -75,7 +75,7 @@ class Lift3DSystem(BaseLift3DSystem):
             "loss_mask": F.mse_loss(out["opacity"], batch["mask"]),
         }
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Optional[torch.Tensor]:
         lambdas = self.lambdas()
         view = batch.get("random_camera", batch)
         out = self(view)
@@ -104,7 +104,7 @@ class Lift3DSystem(BaseLift3DSystem):
             elif torch.is_tensor(value) and value.numel() == 1:
                 self.log(f"train/{name}", value.detach().float(), batch_size=1)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=1)
-        return loss
+        return self.guarded_loss(loss, terms, lambdas)  # RunFault naming the first non-finite term
 
     # ------------------------------------------------------------------ evaluation
     def _eval_row(self, out: dict[str, torch.Tensor], b: int) -> Any:

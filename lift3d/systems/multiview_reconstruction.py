@@ -16,7 +16,7 @@ isosurface through the exporter) are the `lift3d-system`'s.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -71,7 +71,7 @@ class MultiviewReconstructionSystem(Lift3DSystem):
             "loss_mask": F.binary_cross_entropy(opacity, batch["mask"].clamp(0.0, 1.0)),
         }
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Optional[torch.Tensor]:
         lambdas = self.lambdas()
         out = self(batch)
         terms = self.image_losses(batch, out)
@@ -85,7 +85,7 @@ class MultiviewReconstructionSystem(Lift3DSystem):
         if "inv_s" in out:
             self.log("train/inv_s", out["inv_s"].detach(), batch_size=1)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=1)
-        return loss
+        return self.guarded_loss(loss, terms, lambdas)  # RunFault naming the first non-finite term
 
     # ------------------------------------------------------------------ evaluation
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

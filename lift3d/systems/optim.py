@@ -13,16 +13,23 @@ scheduler:                      # optional
   args: {...}
   schedulers: [{name: ..., args: ...}, ...]   # for SequentialLR / ChainedScheduler
 ```
+A group may also be written nested, as a dot-list override makes it:
+`system.optimizer.params.geometry.encoding.lr=0.02` gives `params: {geometry: {encoding: {lr: 0.02}}}`,
+which `flatten_groups` reads as group `geometry.encoding` with lr 0.02 (overriding the YAML's value).
+`validate_optimizer_config` checks names, argument names and values before anything is built;
+`check_param_groups` resolves every group against the built system before any model is loaded.
 """
 from __future__ import annotations
 
-from typing import Any
+import inspect
+import math
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
 
-from lift3d.errors import ConfigError
+from lift3d.errors import ConfigError, did_you_mean
 
 
 def _resolve_module(root: nn.Module, dotted: str) -> Any:
@@ -37,11 +44,108 @@ def _resolve_module(root: nn.Module, dotted: str) -> Any:
     return obj
 
 
+def flatten_groups(params_cfg: Any, prefix: str = "") -> dict[str, dict]:
+    """{dotted module name: optimizer args} from a params mapping in which a group may be nested
+    (a mapping value is a deeper module; anything else is an optimizer argument). Later entries
+    override earlier ones, so a nested override wins over the YAML's dotted group."""
+    if params_cfg is None:
+        return {}
+    if not isinstance(params_cfg, dict):
+        params_cfg = OmegaConf.to_container(params_cfg, resolve=True)
+    groups: dict[str, dict] = {}
+    for key, value in params_cfg.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        value = value or {}
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"system.optimizer.params.{dotted} = {value!r}: give a mapping of optimizer arguments, e.g. "
+                f"system.optimizer.params.{dotted}.lr=0.01."
+            )
+        args = {k: v for k, v in value.items() if not isinstance(v, dict)}
+        nested = {k: v for k, v in value.items() if isinstance(v, dict)}
+        if args or not nested:
+            groups.setdefault(dotted, {}).update(args)
+        for sub, sub_groups in flatten_groups(nested, dotted).items():
+            groups.setdefault(sub, {}).update(sub_groups)
+    return groups
+
+
+def _optimizer_class(name: Any) -> type:
+    cls = getattr(torch.optim, str(name), None)
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        names = [n for n in dir(torch.optim) if isinstance(getattr(torch.optim, n), type)
+                 and issubclass(getattr(torch.optim, n), torch.optim.Optimizer) and n != "Optimizer"]
+        raise ConfigError(f"system.optimizer.name '{name}' is not a torch.optim optimizer.{did_you_mean(name, names)} "
+                          f"Use one of {', '.join(sorted(names))}.")
+    return cls
+
+
+def _check_args(cls: type, args: dict, where: str) -> None:
+    params = inspect.signature(cls.__init__).parameters
+    valid = [n for n in params if n not in ("self", "params")]
+    for key, value in args.items():
+        if key not in params:
+            raise ConfigError(f"unknown optimizer argument '{where}.{key}' for torch.optim.{cls.__name__}."
+                              f"{did_you_mean(key, valid)} Valid arguments: {', '.join(valid)}.")
+        if key in ("lr", "eps", "weight_decay", "momentum"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"{where}.{key} = {value!r} is not a finite number >= 0: give e.g. {where}.{key}=0.01.")
+
+
+def validate_optimizer_config(cfg: Any, cli_args: Optional[list[str]] = None) -> None:
+    """Check `system.optimizer` / `system.scheduler` names and arguments before anything is built.
+    `cli_args`: the run's overrides; overriding `system.optimizer.args.lr` while every parameter
+    group sets its own lr (so the override would change nothing) is an error naming the groups."""
+    cfg = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else cfg
+    opt = cfg.get("optimizer") or {}
+    if not isinstance(opt, dict):
+        raise ConfigError(f"system.optimizer = {opt!r}: give a mapping with name, args and optional params.")
+    cls = _optimizer_class(opt.get("name", "Adam"))
+    args = opt.get("args") or {}
+    if not isinstance(args, dict):
+        raise ConfigError(f"system.optimizer.args = {args!r}: give a mapping, e.g. {{lr: 0.01}}.")
+    _check_args(cls, args, "system.optimizer.args")
+    groups = flatten_groups(opt.get("params"))
+    for dotted, group_args in groups.items():
+        _check_args(cls, group_args, f"system.optimizer.params.{dotted}")
+    if groups and all("lr" in g for g in groups.values()) and any(
+            a.split("=", 1)[0].strip() == "system.optimizer.args.lr" for a in (cli_args or [])):
+        raise ConfigError(
+            "system.optimizer.args.lr is overridden, but every parameter group sets its own lr, so it would "
+            "change nothing. Override the groups' lr instead: "
+            + ", ".join(f"system.optimizer.params.{d}.lr=<value>" for d in groups) + "."
+        )
+    sched = cfg.get("scheduler")
+    if sched:
+        _check_scheduler_names(sched, "system.scheduler")
+
+
+def _check_scheduler_names(cfg: Any, where: str) -> None:
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{where} = {cfg!r}: give a mapping with name and args.")
+    name = cfg.get("name")
+    sched = torch.optim.lr_scheduler
+    if not name or not isinstance(getattr(sched, str(name), None), type):
+        names = [n for n in dir(sched) if n.endswith("LR") or n in ("ChainedScheduler", "ReduceLROnPlateau")]
+        raise ConfigError(f"{where}.name '{name}' is not a torch.optim.lr_scheduler class.{did_you_mean(name, names)}")
+    for i, child in enumerate(cfg.get("schedulers") or []):
+        _check_scheduler_names(child, f"{where}.schedulers[{i}]")
+
+
+def check_param_groups(system: nn.Module, cfg: Any, skip_prefixes: tuple[str, ...] = ("guidance_params",)) -> None:
+    """Resolve every parameter group's module on the built system (a ConfigError naming an unknown
+    one); groups under `skip_prefixes` (built with the guidance, later) are not checked here."""
+    cfg = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else cfg
+    for dotted in flatten_groups((cfg or {}).get("params")):
+        if not dotted.split(".")[0] in skip_prefixes:
+            _resolve_module(system, dotted)
+
+
 def parameter_groups(system: nn.Module, params_cfg: Any) -> list[dict]:
     if not params_cfg:
         return [{"params": [p for p in system.parameters() if p.requires_grad]}]
     groups = []
-    for dotted, args in params_cfg.items():
+    for dotted, args in flatten_groups(params_cfg).items():
         target = _resolve_module(system, dotted)
         params = list(target.parameters()) if isinstance(target, nn.Module) else [target]
         params = [p for p in params if isinstance(p, torch.Tensor) and p.requires_grad]
@@ -54,10 +158,8 @@ def parameter_groups(system: nn.Module, params_cfg: Any) -> list[dict]:
 
 def make_optimizer(system: nn.Module, cfg: Any) -> torch.optim.Optimizer:
     cfg = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else cfg
-    name = cfg.get("name", "Adam")
-    if not hasattr(torch.optim, name):
-        raise ConfigError(f"system.optimizer.name '{name}' is not a torch.optim optimizer.")
-    return getattr(torch.optim, name)(parameter_groups(system, cfg.get("params")), **cfg.get("args", {}))
+    cls = _optimizer_class(cfg.get("name", "Adam"))
+    return cls(parameter_groups(system, cfg.get("params")), **(cfg.get("args") or {}))
 
 
 def _make_scheduler(cfg: dict, optimizer: torch.optim.Optimizer) -> Any:
