@@ -38,28 +38,46 @@ pre{font-size:.75em;background:#f3f3f3;padding:.4em;overflow-x:auto;max-height:1
 .err{color:#b3261e;font-size:.85em}
 """
 
-# Marks every <video> and <model-viewer> as loaded / failed (data-state) and lists failures on the page.
+# In <head>, before anything loads: capture-phase listeners mark every <video> and <model-viewer>
+# data-state="loaded" or "error" (shown beside it), and every uncaught error, failed resource or
+# console.error call is listed in #page-errors. Tests read both back from headless Chromium.
+HEAD_SCRIPT = """
+window.__pageErrors = [];
+function __reportError(text){
+  window.__pageErrors.push(String(text));
+  var box = document.getElementById('page-errors');
+  if (box) { box.textContent = window.__pageErrors.join('\\n'); box.hidden = false; }
+}
+function __mark(el, state, why){
+  if (el.dataset.state === 'error' || el.dataset.state === state) return;
+  el.dataset.state = state;
+  if (state === 'error') {
+    var p = document.createElement('div'); p.className = 'err';
+    p.textContent = 'could not load ' + el.getAttribute('src') + (why ? ': ' + why : '');
+    el.parentNode.parentNode.appendChild(p);
+    __reportError('could not load ' + el.getAttribute('src') + (why ? ': ' + why : ''));
+  }
+}
+window.addEventListener('error', function(e){
+  var t = e.target, tag = t && t.tagName;
+  if (tag === 'VIDEO') return __mark(t, 'error', t.error ? 'media error ' + t.error.code : '');
+  if (tag === 'MODEL-VIEWER') return __mark(t, 'error', e.detail && e.detail.type ? e.detail.type : '');
+  __reportError('error: ' + (e.message || (t && (t.src || t.href)) || e));
+}, true);
+window.addEventListener('loadeddata', function(e){ if (e.target.tagName === 'VIDEO') __mark(e.target, 'loaded'); }, true);
+window.addEventListener('load', function(e){ if (e.target && e.target.tagName === 'MODEL-VIEWER') __mark(e.target, 'loaded'); }, true);
+window.addEventListener('unhandledrejection', function(e){ __reportError('unhandled rejection: ' + e.reason); });
+(function(){ var ce = console.error; console.error = function(){ __reportError(Array.prototype.join.call(arguments, ' ')); ce.apply(console, arguments); }; })();
+"""
+
+# After the body: also poll the elements' own state (an event can fire before a listener exists).
 SCRIPT = """
 (function(){
-  function mark(el, state, why){
-    el.dataset.state = state;
-    if (state === 'error') {
-      var p = document.createElement('div'); p.className = 'err'; p.textContent = 'could not load ' + (el.getAttribute('src') || '') + (why ? ': ' + why : '');
-      el.parentNode.appendChild(p);
-      document.body.dataset.errors = String(Number(document.body.dataset.errors || 0) + 1);
-    }
+  function poll(){
+    document.querySelectorAll('video').forEach(function(v){ if (v.readyState >= 2) __mark(v, 'loaded'); });
+    document.querySelectorAll('model-viewer').forEach(function(m){ if (m.loaded) __mark(m, 'loaded'); });
   }
-  document.querySelectorAll('video').forEach(function(v){
-    if (v.readyState >= 2) mark(v, 'loaded');
-    v.addEventListener('loadeddata', function(){ mark(v, 'loaded'); });
-    v.addEventListener('error', function(){ mark(v, 'error', v.error ? 'media error ' + v.error.code : ''); });
-  });
-  document.querySelectorAll('model-viewer').forEach(function(m){
-    if (m.loaded) mark(m, 'loaded');
-    m.addEventListener('load', function(){ mark(m, 'loaded'); });
-    m.addEventListener('error', function(e){ mark(m, 'error', e.detail && e.detail.type ? e.detail.type : ''); });
-  });
-  window.addEventListener('error', function(e){ document.body.dataset.errors = String(Number(document.body.dataset.errors || 0) + 1); });
+  poll(); setInterval(poll, 250);
 })();
 """
 
@@ -114,7 +132,7 @@ def _job_card(job: dict, batch_dir: Path) -> str:
     else:
         media.append('<div class="none">no video</div>')
     if rec.get("export", "") and str(rec["export"]).endswith(".glb"):
-        media.append(f'<model-viewer src="{_e(rec["export"])}" camera-controls auto-rotate '
+        media.append(f'<model-viewer src="{_e(rec["export"])}" loading="eager" camera-controls auto-rotate '
                      f'shadow-intensity="0" alt="{_e(title)}"></model-viewer>')
     elif rec.get("export"):
         media.append(f'<div class="none"><a href="{_e(rec["export"])}">{_e(Path(rec["export"]).name)}</a></div>')
@@ -155,9 +173,11 @@ def build_report(batch_dir: Path) -> Path:
 <html lang="en"><head><meta charset="utf-8">{refresh}
 <title>{_e(batch['name'])} — lift3d batch</title>
 <style>{CSS}</style>
+<script>{HEAD_SCRIPT}</script>
 <script src="static/model-viewer.min.js"></script>
 </head><body>
 <h1>{_e(batch['name'])}</h1>
+<pre id="page-errors" class="err" hidden></pre>
 <div class="summary">{len(batch['jobs'])} job(s): {_e(summary)} — updated {time.strftime('%Y-%m-%d %H:%M:%S')}</div>
 <div class="jobs">
 {chr(10).join(cards)}
