@@ -4,6 +4,7 @@ scored against the true shapes.
 
     python benchmarks/toyworld.py --jobs 2             # 5 prompts × {USD, SDS, init}, configs/demo/text-to-3d.yaml
     python benchmarks/toyworld.py --jobs 2 --prompts "a red cube" "a blue sphere" --steps 400
+    python benchmarks/toyworld.py --batch              # the same runs through lift3d.batch on a local Ray cluster
 
 Each run is `launch.py --config configs/demo/text-to-3d.yaml --train` (fit, then the test pass,
 which writes the RGBA turntable with cameras) with `system.guidance.usd_lambda` set; the turntable
@@ -58,6 +59,40 @@ def run_one(prompt: str, method: str, args) -> dict:
     return {"prompt": prompt, "method": method, "score": score, "seconds": seconds}
 
 
+def run_batch(runs, args) -> list[dict]:
+    """The runs as one lift3d.batch manifest (Ray, `--jobs` at once via num_cpus per job), scored by
+    tools/toyworld/batch_scorer.py; outputs and the HTML report in <out>/batch/."""
+    from types import SimpleNamespace
+
+    from lift3d.batch.layout import JobPaths
+    from lift3d.batch.manifest import parse_manifest, slug
+    from lift3d.batch.runner import run_batch as run_on_ray
+
+    jobs = []
+    for prompt, method in runs:
+        usd_lambda, steps = METHODS[method]
+        steps = steps or args.steps
+        jobs.append({"name": f"{method}-{slug(prompt)}", "prompt": prompt, "overrides": [
+            f"system.guidance.usd_lambda={usd_lambda}", *(["trainer.max_steps=" + str(steps)] if steps else [])]})
+    manifest = parse_manifest({"name": "batch", "defaults": {
+        "config": args.config, "seed": args.seed, "overrides": list(args.overrides), "num_cpus": args.threads,
+        "num_gpus": 0, "export": False, "retries": 0, "scorer": "tools.toyworld.batch_scorer:score"}, "jobs": jobs},
+        "benchmarks/toyworld.py", REPO, out_dir=args.out)
+    run_on_ray(manifest, local_cpus=args.jobs * args.threads)
+    results = []
+    for (prompt, method), job in zip(runs, manifest.jobs):
+        done = JobPaths(manifest.batch_dir, job.id).done()
+        if done is None or "toy_iou" not in done.get("scores", {}):
+            results.append({"prompt": prompt, "method": method, "seconds": 0.0,
+                            "error": f"not done, see {JobPaths(manifest.batch_dir, job.id).root}"})
+            continue
+        sc = done["scores"]
+        score = SimpleNamespace(iou=sc["toy_iou"], colour_error=sc["toy_colour_error"],
+                                predicted_colour=sc["toy_colour_seen"], passed=lambda ok=sc["toy_pass"]: ok)
+        results.append({"prompt": prompt, "method": method, "score": score, "seconds": done["wall_s"]})
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prompts", nargs="+", default=DEFAULT_PROMPTS)
@@ -68,15 +103,20 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
     parser.add_argument("--out", default="outputs/toyworld")
+    parser.add_argument("--batch", action="store_true", help="run through lift3d.batch (Ray) instead of threads")
     parser.add_argument("overrides", nargs="*", help="extra key=value config overrides for every run")
     args = parser.parse_args()
     args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     runs = [(p, m) for m in args.methods for p in args.prompts]
     start = time.perf_counter()
-    with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda pm: run_one(*pm, args), runs))
+    if args.batch:
+        results = run_batch(runs, args)
+    else:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            results = list(pool.map(lambda pm: run_one(*pm, args), runs))
     print(f"\nconfig {args.config}, steps {args.steps or 'config'}, seed {args.seed}, "
-          f"{args.jobs} job(s) × {args.threads} thread(s), {time.perf_counter() - start:.0f} s in all\n")
+          f"{args.jobs} job(s) × {args.threads} thread(s){' on lift3d.batch (Ray)' if args.batch else ''}, "
+          f"{time.perf_counter() - start:.0f} s in all\n")
     print("| prompt | method | silhouette IoU | colour error | colour seen | pass | seconds |")
     print("|---|---|---|---|---|---|---|")
     passed = {m: 0 for m in args.methods}

@@ -67,3 +67,7 @@ def one_torch_thread_per_module():
     """one_torch_thread for every test of a module: `pytestmark = pytest.mark.usefixtures(...)`."""
     with _torch_threads(1):
         yield
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a long end-to-end test (minutes on 2 CPU cores); skip with -m 'not slow'")
