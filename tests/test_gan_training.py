@@ -112,7 +112,7 @@ def test_a_few_dozen_steps_move_the_generated_colour_toward_the_data(toy_dataset
             return mean_colour(system.G(z, c)["image"])
 
     before = (generated_colour() - data_colour).norm().item()
-    trainer = pl.Trainer(max_steps=40, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    trainer = pl.Trainer(max_steps=40, max_epochs=10, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0, limit_val_batches=0)
     trainer.fit(system, datamodule=dm)
     assert trainer.global_step == 40  # one global step per G step (D steps are not counted)
