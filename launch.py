@@ -52,7 +52,9 @@ def trial_paths(cfg, args) -> None:
         raise ConfigError(
             "--validate/--test/--export need a trained checkpoint: add resume=<trial>/ckpts/last.ckpt."
         )
-    tag = str(cfg.tag).replace("/", "_").strip() or "run"
+    from lift3d.utils.paths import safe_tag
+
+    tag = safe_tag(cfg.tag)  # safe, bounded, readable for any prompt; made unique by reserve_trial_dir
     cfg.timestamp = time.strftime("@%Y%m%d-%H%M%S") if cfg.use_timestamp else ""
     cfg.trial_name = tag + cfg.timestamp
     cfg.exp_dir = str(Path(cfg.exp_root_dir) / cfg.name)
@@ -67,34 +69,74 @@ def main(argv: list[str]) -> int:
     if not args.verbose:
         warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
 
-    from lift3d.errors import Lift3DError
+    from lift3d.errors import Interrupted, Lift3DError, RunFault
 
+    debug = os.environ.get("LIFT3D_DEBUG", "") not in ("", "0")  # LIFT3D_DEBUG=1: tracebacks too
     try:
         return run(args, extras)
-    except Lift3DError as exc:
-        print(f"lift3d: error: {exc}", file=sys.stderr)
-        return 2
+    except Interrupted as exc:  # a signal outside a training step, or a second one
+        print(f"lift3d: interrupted by {signal_name(exc.signum)} before a step could finish; nothing new was saved.",
+              file=sys.stderr)
+        return 128 + exc.signum
+    except (Lift3DError, Exception) as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        if isinstance(exc, Lift3DError):  # user errors 2, faults during a run 3
+            print(f"lift3d: error: {exc}", file=sys.stderr)
+            return 3 if isinstance(exc, RunFault) else 2
+        reason = " ".join(str(exc).split())[:500]
+        print(f"lift3d: internal error: {type(exc).__name__}: {reason} (LIFT3D_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
+
+
+def resume_hint(trial: Path) -> str:
+    return (f"python launch.py --config {trial / 'configs' / 'parsed.yaml'} --train "
+            f"resume={trial / 'ckpts' / 'last.ckpt'}")
 
 
 def run(args: argparse.Namespace, extras: list[str]) -> int:
-    import torch
-    import pytorch_lightning as pl
-    from omegaconf import OmegaConf
-
     if not args.verbose:  # Lightning's start-up chatter (accelerator tips, advertisements)
         for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch"):
             logging.getLogger(name).setLevel(logging.WARNING)
 
+    from lift3d.utils.graceful_stop import GracefulStop
+
+    stopper = GracefulStop("ckpts")  # SIGINT/SIGTERM: finish the step, save last.ckpt, exit 130/143
+    stopper.install()
+    try:
+        return _run(args, extras, stopper)
+    finally:
+        stopper.uninstall()
+
+
+def _run(args: argparse.Namespace, extras: list[str], stopper) -> int:
+    import torch
+    import pytorch_lightning as pl
+    from omegaconf import OmegaConf
+
     from lift3d.config import dump_config, load_config, validate_experiment
     from lift3d.registry import find
-    from lift3d.utils.checkpointing import AtomicCheckpointIO, ResumableCSVLogger, read_checkpoint_step
+    from lift3d.systems.optim import check_param_groups
+    from lift3d.utils.checkpointing import (AtomicCheckpointIO, ResumableCSVLogger, check_state_matches,
+                                            clean_stale_tmp, config_digest, read_checkpoint)
+    from lift3d.utils.paths import reserve_trial_dir
 
     from lift3d import memory_check
 
     check_memory, extras = memory_check.pop_switch(extras)  # memory_check=false skips the check below
     cfg = load_config(args.config, cli_args=extras)
-    validate_experiment(cfg, fitting=args.train)  # every section checked before any work starts
+    validate_experiment(cfg, fitting=args.train, cli_args=extras)  # every section checked before any work starts
     trial_paths(cfg, args)
+    resume_ckpt = read_checkpoint(cfg.resume, "resume") if cfg.resume else None  # empty/truncated/foreign: exit 2
     # pre-flight memory estimate (lift3d/memory_check.py): before any model is loaded or folder written
     on_gpu = torch.cuda.is_available() and cfg.trainer.get("accelerator", "gpu") != "cpu"
     memory_check.check(cfg, "cuda" if on_gpu else "cpu", fitting=args.train, enabled=check_memory)
@@ -103,9 +145,24 @@ def run(args: argparse.Namespace, extras: list[str]) -> int:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = find(cfg.data_type)(cfg.data)
     system = find(cfg.system_type)(cfg.system, resumed=cfg.resume is not None, exp_root_dir=cfg.exp_root_dir)
+    resume_step = None
+    if resume_ckpt is not None:  # a checkpoint of another config: named before any folder is written
+        check_state_matches(system, resume_ckpt, cfg.resume, "resume", config_digest(system.cfg))
+        resume_step = int(resume_ckpt["global_step"])
+        del resume_ckpt
+    from lift3d.systems.base import BaseLift3DSystem
+
+    if args.train and isinstance(system, BaseLift3DSystem):
+        check_param_groups(system, system.cfg.optimizer)  # group names, before any diffusion model loads
+    if args.train and not cfg.resume:  # a new trial folder, never shared with a run started beside this one
+        trial = reserve_trial_dir(cfg.exp_dir, cfg.trial_name)
+        cfg.trial_name, cfg.trial_dir = trial.name, str(trial)
+    stopper.ckpt_dir = trial / "ckpts"
+    if args.train and cfg.resume:
+        clean_stale_tmp(trial / "ckpts")  # .tmp files of checkpoint writes killed mid-way
     system.set_save_dir(trial / "save")
 
-    callbacks: list = []
+    callbacks: list = [stopper]
     loggers: list = []
     if cfg.trainer.get("enable_progress_bar", True):
         from lift3d.utils.progress import StepProgressBar
@@ -126,9 +183,10 @@ def run(args: argparse.Namespace, extras: list[str]) -> int:
                            "enable_version_counter": False}
         checkpoint_args.update(OmegaConf.to_container(cfg.checkpoint, resolve=True))
         callbacks.append(ModelCheckpoint(dirpath=str(trial / "ckpts"), **checkpoint_args))
-        resume_step = read_checkpoint_step(cfg.resume) if cfg.resume else None
+        # a resumed run purges the TensorBoard events logged after its checkpoint (they are re-done)
+        tb_args = {"purge_step": resume_step} if resume_step is not None else {}
         loggers = [
-            TensorBoardLogger(str(trial), name="tb_logs", version=""),
+            TensorBoardLogger(str(trial), name="tb_logs", version="", **tb_args),
             ResumableCSVLogger(str(trial / "csv_logs"), resume_step=resume_step),
         ]
         callbacks.append(LearningRateMonitor(logging_interval="step"))
@@ -152,7 +210,16 @@ def run(args: argparse.Namespace, extras: list[str]) -> int:
 
     ckpt = cfg.resume
     if args.train:
-        trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt)
+        try:
+            trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt)
+        except SystemExit:  # Lightning's SIGTERMException after the stop below
+            if not stopper.interrupted:
+                raise
+        if stopper.interrupted:
+            saved = f"saved {stopper.saved} (step {stopper.saved_step})" if stopper.saved else "nothing new was saved"
+            print(f"lift3d: interrupted by {stopper.signal_name()}; {saved}. Resume with:\n  {resume_hint(trial)}",
+                  file=sys.stderr)
+            return 128 + int(stopper.signum)
         trainer.test(system, datamodule=datamodule)
     elif args.validate:
         trainer.validate(system, datamodule=datamodule, ckpt_path=ckpt)

@@ -97,6 +97,17 @@ def check_mandatory(cfg: DictConfig) -> None:
         )
 
 
+def _yaml_top_level(path: str) -> str:
+    """What a YAML file holds at its top level: mapping, list, empty or a scalar's type name."""
+    import yaml
+
+    with open(path) as fp:
+        node = yaml.compose(fp, Loader=yaml.SafeLoader)
+    if node is None:
+        return "empty"
+    return {"MappingNode": "mapping", "SequenceNode": "list"}.get(type(node).__name__, "scalar value")
+
+
 def load_config(
     *yaml_paths: str, cli_args: list[str] = (), validate: bool = False, allow_missing: bool = False
 ) -> DictConfig:
@@ -110,10 +121,11 @@ def load_config(
             loaded = OmegaConf.load(path)
         except Exception as exc:  # yaml.YAMLError and friends
             raise ConfigError(f"cannot parse config file '{path}': {exc}") from None
-        if not isinstance(loaded, DictConfig):
+        top = _yaml_top_level(path)
+        if not isinstance(loaded, DictConfig) or top not in ("mapping", "empty"):
             raise ConfigError(
-                f"config file '{path}' holds a {type(loaded).__name__.replace('Config', '').lower() or 'value'} "
-                f"at its top level; an experiment config is a mapping (name:, data_type:, system: ...)."
+                f"config file '{path}' holds a {top} at its top level; an experiment config is a mapping "
+                f"(name:, data_type:, system: ...)."
             )
         cfgs.append(loaded)
     cfgs.append(parse_overrides(list(cli_args)))

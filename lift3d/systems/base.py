@@ -50,6 +50,7 @@ from lift3d.systems.regularizers import REGULARIZERS
 from lift3d.systems.stage_chain import resolve_checkpoint_keys
 from lift3d.utils import rng_state
 from lift3d.utils.base import Updateable, component_label
+from lift3d.utils.fault_inject import fault_args
 from lift3d.utils.checkpointing import DIGEST_KEY, FORMAT_KEY, FORMAT_VERSION, config_digest, read_checkpoint
 from lift3d.utils.schedule import C
 
@@ -282,6 +283,10 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
         """`loss`, or None to skip this step (Lightning then makes no update) while fewer than
         `nonfinite_skip_steps` steps were skipped; else RunFault naming the first weighted loss term
         (or the total) that is not finite."""
+        injected = fault_args("nan-loss")  # tests: LIFT3D_FAULT_INJECT=nan-loss:<step>:<term>
+        if injected and int(injected[0]) == self.true_global_step and f"loss_{injected[1]}" in terms:
+            terms[f"loss_{injected[1]}"] = terms[f"loss_{injected[1]}"] * float("nan")
+            loss = loss * float("nan")
         if bool(torch.isfinite(loss.detach()).all()):
             return loss
         bad = "loss (the weighted sum)"

@@ -29,6 +29,7 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from lift3d.errors import ConfigError, RunFault
+from lift3d.utils.fault_inject import fault_args
 
 FORMAT_VERSION = 1
 FORMAT_KEY = "lift3d_format_version"
@@ -106,12 +107,18 @@ def clean_stale_tmp(folder: str | Path) -> list[Path]:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
+    writes = 0  # checkpoint writes of this process (for fault injection)
+
     def save_checkpoint(self, checkpoint: dict, path: Any, storage_options: Optional[Any] = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        AtomicCheckpointIO.writes += 1
+        kill_at = fault_args("kill-in-checkpoint-write")
         try:
             with os.fdopen(fd, "wb") as fp:
+                if kill_at and int(kill_at[0]) == AtomicCheckpointIO.writes:
+                    _die_mid_write(fp, checkpoint)
                 torch.save(checkpoint, fp)
                 fp.flush()
                 os.fsync(fp.fileno())
@@ -125,6 +132,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                     f"Free space on {path.parent} (or set exp_root_dir to another disk) and resume from ckpts/last.ckpt."
                 ) from None
             raise
+
+
+def _die_mid_write(fp: Any, checkpoint: dict) -> None:
+    """Fault injection: half of the checkpoint reaches the disk, then the process is SIGKILLed."""
+    import io
+    import signal
+
+    buf = io.BytesIO()
+    torch.save(checkpoint, buf)
+    fp.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+    fp.flush()
+    os.fsync(fp.fileno())
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def read_checkpoint_step(path: str | Path) -> int:
