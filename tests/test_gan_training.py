@@ -154,6 +154,8 @@ def test_launch_train_resume_test_and_export(toy_dataset, tmp_path, capsys):
     assert launch.main([*parsed, "--train", f"resume={trial / 'ckpts' / 'last.ckpt'}", "trainer.max_steps=6"]) == 0
     resumed = torch.load(trial / "ckpts" / "last.ckpt", map_location="cpu", weights_only=False)
     assert resumed["global_step"] == 6
+    # both Adam states came back: 6 updates each, not 2 since the resume
+    assert [float(opt["state"][0]["step"]) for opt in resumed["optimizer_states"]] == [6.0, 6.0]
     steps = _logged_steps(trial)
     assert steps == sorted(steps) and steps[-1] == 5 and steps.count(3) == 1  # continued at step 4, no rerun
     assert not torch.equal(first["state_dict"]["G.decoder.net.0.weight"], resumed["state_dict"]["G.decoder.net.0.weight"])
