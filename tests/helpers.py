@@ -9,7 +9,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_launch(args: list[str], timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
+def run_launch(args: list[str], timeout: int = 1800, check: bool = True) -> subprocess.CompletedProcess:
+    # timeout: a generous net for a hung process on a loaded machine (#21), never a speed requirement
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
     proc = subprocess.run(

@@ -30,11 +30,8 @@ def tiny_sd(tmp_path_factory):
     import diffusers  # noqa: F401  (imports are not part of the build time)
     import transformers  # noqa: F401
 
-    start = time.perf_counter()
-    folder = make_tiny_sd(tmp_path_factory.mktemp("sd") / "tiny-sd", seed=0)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 10, f"tiny SD took {elapsed:.1f} s to build"
-    return folder
+    # no wall-clock limit here (#21): the suite must pass on a loaded machine
+    return make_tiny_sd(tmp_path_factory.mktemp("sd") / "tiny-sd", seed=0)
 
 
 @pytest.fixture(scope="module")
