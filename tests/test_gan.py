@@ -209,3 +209,15 @@ def test_augmentation_is_identity_at_p0_and_differentiable_at_p1():
     assert aug.p.item() == 1.0
     aug.adjust(-torch.ones(100_000, 1))
     assert aug.p.item() == 0.0
+
+
+def test_system_config_errors_name_the_key():
+    from lift3d.errors import ConfigError
+    from lift3d.gan.gan_system import GANSystem
+
+    with pytest.raises(ConfigError, match=r"system.discriminator.image_resolution = 32 differs from system.generator.image_resolution = 16"):
+        GANSystem.validate_config({"generator": {**TINY_G}, "discriminator": {**TINY_D, "image_resolution": 32}})
+    with pytest.raises(ConfigError, match=r"system.generator.plane_resolution = 24 must be a power of two"):
+        GANSystem.validate_config({"generator": {**TINY_G, "plane_resolution": 24}, "discriminator": TINY_D})
+    with pytest.raises(ConfigError, match=r"system.export_latent = 4: pick a fixed latent in 0..3"):
+        GANSystem.validate_config({"generator": TINY_G, "discriminator": TINY_D, "export_latent": 4})
