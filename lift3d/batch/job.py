@@ -42,7 +42,7 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         pass
 
 
-def _kill_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
+def _kill_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(proc.pid, sig)
