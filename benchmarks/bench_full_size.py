@@ -144,6 +144,9 @@ class Models:
         self.build_s = 0.0
 
     def path(self, kind: str) -> Path:
+        written = self.root / (f"tiny-{kind}" if self.tiny else f"{kind}-random")
+        if kind not in self._paths and (written / "model_index.json").exists():
+            self._paths[kind] = written  # --models-dir: written by an earlier run (gpu_check's variants)
         if kind not in self._paths:
             start = time.perf_counter()
             dtype = torch.float16 if self.device.type == "cuda" else torch.float32
@@ -626,6 +629,8 @@ def parse_args(argv=None):
     p.add_argument("--stand-in", action="store_true", help="use the stand-in configs even where USD's exist")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--models-dir", default=None,
+                   help="keep the random-weight model folders here and reuse them when present (default: a temporary folder)")
     return p.parse_args(argv)
 
 
@@ -658,7 +663,8 @@ def main(argv=None) -> int:
     tflops = matmul_tflops(device, mm_dtype)
     results = []
     with tempfile.TemporaryDirectory(prefix="lift3d-fullsize-") as tmp:
-        models = Models(Path(tmp), device, args.tiny)
+        models_root = Path(args.models_dir) if args.models_dir else Path(tmp)
+        models = Models(models_root, device, args.tiny)
         for name in names:
             stage = STAGES[name]
             print(f"stage {name}: {stage.title} ...", flush=True)

@@ -9,10 +9,19 @@ scores the result on held-out turntable views (mask IoU, PSNR), with the wall ti
     python benchmarks/bench_nerf.py                    # part 1, CPU
     python benchmarks/bench_nerf.py --full --steps 600 # parts 1 and 2
     python benchmarks/bench_nerf.py --device cuda      # on a GPU
+    python benchmarks/bench_nerf.py --compare 3        # reference kernels vs default path, interleaved
+
+--compare N (issue 20): before/after on the same machine in one run. Each measurement is a fresh
+subprocess; the per-level PyTorch reference kernels (LIFT3D_REFERENCE_KERNELS=1, the code before
+the CPU speed-up) and the default path alternate N times per resolution, so a load change on a
+shared machine hits both alike. Prints every run with the 1-minute load average, then the medians
+and their ratio.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -77,6 +86,42 @@ def train_and_score(resolution: int, steps: int) -> dict:
     return {"wall_s": elapsed, **scores}
 
 
+def _one_run(resolution: int, reference: bool, warmup: int, iters: int, threads: int) -> float:
+    """s/iteration of one fresh process (reference kernels or the default path), CPU."""
+    env = dict(os.environ, LIFT3D_REFERENCE_KERNELS="1" if reference else "0")
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--device", "cpu", "--resolutions", str(resolution),
+         "--warmup", str(warmup), "--iters", str(iters)] + (["--threads", str(threads)] if threads else []),
+        cwd=REPO, env=env, check=True, capture_output=True, text=True,
+    ).stdout
+    row = [line for line in out.splitlines() if line.startswith(f"| {resolution}²")][-1]
+    return float(row.split("|")[2])
+
+
+def compare(resolutions: list[int], rounds: int, warmup: int, iters: int, threads: int) -> None:
+    print(f"before = LIFT3D_REFERENCE_KERNELS=1 (per-level reference), after = default path; "
+          f"{warmup} warm-up + {iters} timed iterations per run, {rounds} interleaved rounds, "
+          f"{threads or torch.get_num_threads()} torch threads")
+    print("| resolution | round | path | s/iteration | load average (1 min) |")
+    print("|---|---|---|---|---|")
+    summary = []
+    for res in resolutions:
+        times: dict[bool, list[float]] = {True: [], False: []}
+        for r in range(rounds):
+            order = (True, False) if r % 2 == 0 else (False, True)  # alternate which goes first
+            for reference in order:
+                sec = _one_run(res, reference, warmup, iters, threads)
+                times[reference].append(sec)
+                label = "before" if reference else "after"
+                print(f"| {res}² | {r + 1} | {label} | {sec:.3f} | {os.getloadavg()[0]:.2f} |", flush=True)
+        before, after = statistics.median(times[True]), statistics.median(times[False])
+        summary.append((res, before, after))
+    print("\n| resolution | before s/it (median) | after s/it (median) | speed-up |")
+    print("|---|---|---|---|")
+    for res, before, after in summary:
+        print(f"| {res}² | {before:.3f} | {after:.3f} | {before / after:.2f}× |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -85,7 +130,15 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--full", action="store_true", help="also train through launch.py and score")
     parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--compare", type=int, default=0, metavar="ROUNDS",
+                        help="CPU: reference kernels vs default path, ROUNDS interleaved fresh processes each")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.compare:
+        compare(args.resolutions, args.compare, args.warmup, args.iters, args.threads)
+        return
 
     print(f"device: {args.device}, torch threads: {torch.get_num_threads()}")
     print("| resolution | s/iteration | it/s | peak GPU GiB |")

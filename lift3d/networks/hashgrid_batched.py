@@ -8,13 +8,14 @@ few whole-tensor operations over ``[points, levels, corners]`` instead of a Pyth
 - hashed levels (their table size is always the power of two ``2^log2_hashmap_size``) keep the low
   bits with a mask instead of a remainder; since only the low bits survive, the uint32 wrap of the
   reference needs no intermediate masking (int64 products wrap modulo 2^64, whose low 32 bits are
-  the uint32 result). Dense levels (first, coarse) keep the exact ``& 0xFFFFFFFF`` + remainder;
-- one gather of all ``n * L * 2^D`` corner features, one weighted sum; the backward does one
-  ``index_add`` for the table and one contraction per axis for ``x``.
+  the uint32 result). Dense levels (first, coarse): while every corner lies in ``[0, res]`` (inputs
+  in ``[0, 1]``) the remainder is one conditional subtraction, otherwise the exact uint32 rule;
+- per feature, one gather of all ``n * L * 2^D`` corner values and one weighted sum; the backward
+  does one ``index_add`` per feature for the table and one contraction per axis for ``x``.
 
 Points are processed in chunks of at most ``CORNER_BUDGET`` corners (``n * L * 2^D``), which bounds
-the transient memory (about 40 bytes per corner: int64 index, weight, gathered features) and keeps the
-working set cache-sized. The backward is written with differentiable operations, so double backward
+the transient memory (about 40 bytes per corner: int32 index, weight, gathered features, products).
+The backward is written with differentiable operations, so double backward
 (analytic normals, eikonal loss) works as in the reference. Results equal the reference up to
 floating-point summation order (tests: tests/test_hashgrid.py, against a float64 restatement).
 """
@@ -29,9 +30,9 @@ import torch
 
 from lift3d.networks.hashgrid import _PRIMES, _UINT32_MASK, GridLevel
 
-# corners per chunk: 2^21 corners ~ 80 MB transient at most (measured best-or-equal on 2 CPU cores
-# between 2^19 and 2^23 for the demo's and reconstruct-nerf's grids)
-CORNER_BUDGET = 1 << 21
+# corners per chunk: 2^22 corners ~ 160 MB transient at most. Larger chunks mean fewer operations,
+# and on a CPU shared by several jobs each multi-threaded operation can wait a scheduler slice.
+CORNER_BUDGET = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,9 @@ def _axis_view(t: torch.Tensor, d: int, dims: int) -> torch.Tensor:
 def _corner_index(cell: torch.Tensor, levels: Tuple[GridLevel, ...]) -> torch.Tensor:
     """cell [L, D, n] int64 -> global table rows of the 2^D corners [L, 2, ..., 2, n] (int32).
 
-    Per-axis terms ([Lg, 2, n], an eighth of the corners in 3-D) are formed in int64 and reduced
-    below the level's size first; only the int32 combination touches every corner."""
+    Per-axis terms [Lg, D, 2, n] (a quarter of the corners in 3-D) are formed for all axes of a
+    group at once and reduced below the level's size first; only the int32 combination touches
+    every corner. Few, large operations: their count, not their size, sets the cost on a busy CPU."""
     n_levels, dims, n = cell.shape
     _, offsets, sizes, strides = _level_constants(levels, dims, cell.device, torch.float32)
     index = torch.empty([n_levels] + [2] * dims + [n], dtype=torch.int32, device=cell.device)
@@ -83,43 +85,60 @@ def _corner_index(cell: torch.Tensor, levels: Tuple[GridLevel, ...]) -> torch.Te
     for group in _groups(levels):
         lv = slice(group.start, group.stop)
         cells = cell[lv]  # [Lg, D, n]
-        size = sizes[lv].view(-1, 1, 1)
-        exact_dense = False
-        if not group.hashed:
-            # dense corners lie in [0, res] for inputs in [0, 1]: then the row-major index is below
-            # 2 * size and the remainder is one conditional subtraction (else: the exact int64 rule)
-            low, high = torch.aminmax(cells.reshape(cells.shape[0], -1), dim=1)  # [Lg]
-            res = [levels[i].resolution for i in range(group.start, group.stop)]
-            exact_dense = bool(low.min() < 0) or any(int(h) >= r for h, r in zip(high.tolist(), res))
-        terms = []
-        for d in range(dims):
-            c = cells[:, d]  # [Lg, n]
-            term = torch.empty(c.shape[0], 2, c.shape[1], dtype=torch.long, device=c.device)  # [Lg, 2, n]
-            if group.hashed:
-                # uint32 product of tcnn's hash; only its low bits survive the power-of-two size,
-                # and int64 products wrap mod 2^64, so masking here equals masking the xor below
-                torch.mul(c, _PRIMES[d], out=term[:, 0])
-                torch.add(term[:, 0], _PRIMES[d], out=term[:, 1])  # (c + 1) * p
-                term &= size - 1
-            else:
-                stride = strides[lv, d].view(-1, 1)
-                torch.mul(c & _UINT32_MASK, stride, out=term[:, 0])
-                torch.mul((c + 1) & _UINT32_MASK, stride, out=term[:, 1])
-            terms.append(_axis_view(term if exact_dense else term.int(), d, dims))
-        if exact_dense:
-            acc = torch.remainder(sum(terms[1:], terms[0]) & _UINT32_MASK, size.view(per_level))
-            index[lv] = acc + offsets[lv].view(per_level)
-            continue
-        acc = terms[0] + offsets[lv].int().view(per_level) if not group.hashed else terms[0]
-        for term in terms[1:]:
-            acc = acc ^ term if group.hashed else acc + term
+        n_group = group.stop - group.start
         if group.hashed:
+            # tcnn's uint32 hash: only the low bits survive the power-of-two size, and int64 products
+            # wrap mod 2^64, so masking each term equals masking their xor
+            primes = _primes(dims, cell.device)  # [1, D, 1]
+            term = torch.empty(n_group, dims, 2, n, dtype=torch.long, device=cell.device)
+            torch.mul(cells, primes, out=term[:, :, 0])
+            torch.add(term[:, :, 0], primes, out=term[:, :, 1])  # (c + 1) * p
+            term &= sizes[lv].view(-1, 1, 1, 1) - 1
+            term = term.int()
+            acc = _axis_view(term[:, 0], 0, dims)
+            for d in range(1, dims):
+                acc = acc ^ _axis_view(term[:, d], d, dims)
             torch.add(acc, offsets[lv].int().view(per_level), out=index[lv])
-        else:
-            # acc = row-major index + offset, below offset + 2 * size
-            limit = (offsets[lv] + sizes[lv]).int().view(per_level)
-            torch.where(acc >= limit, acc - sizes[lv].int().view(per_level), acc, out=index[lv])
+            continue
+        # dense: corners lie in [0, res] for inputs in [0, 1]; then the row-major index is below
+        # 2 * size and the remainder is one conditional subtraction (else: the exact int64 rule)
+        low, high = torch.aminmax(cells.reshape(n_group, -1), dim=1)  # [Lg]
+        res = torch.tensor([levels[i].resolution for i in range(group.start, group.stop)])
+        if bool(low.min() < 0) or bool((high.cpu() >= res).any()):
+            index[lv] = _dense_index_exact(cells, strides[lv], sizes[lv], offsets[lv], dims)
+            continue
+        stride = strides[lv].int().view(n_group, dims, 1)
+        term = torch.empty(n_group, dims, 2, n, dtype=torch.int32, device=cell.device)
+        torch.mul(cells, stride, out=term[:, :, 0])
+        torch.add(term[:, :, 0], stride, out=term[:, :, 1])
+        term[:, 0] += offsets[lv].int().view(-1, 1, 1)  # offset folded into the x term
+        acc = _axis_view(term[:, 0], 0, dims)
+        for d in range(1, dims):
+            acc = acc + _axis_view(term[:, d], d, dims)
+        # acc = row-major index + offset, below offset + 2 * size
+        limit = (offsets[lv] + sizes[lv]).int().view(per_level)
+        torch.where(acc >= limit, acc - sizes[lv].int().view(per_level), acc, out=index[lv])
     return index
+
+
+@functools.lru_cache(maxsize=16)
+def _primes(dims: int, device: torch.device) -> torch.Tensor:
+    return torch.tensor(_PRIMES[:dims], dtype=torch.long, device=device).view(1, dims, 1)
+
+
+def _dense_index_exact(cells: torch.Tensor, strides: torch.Tensor, sizes: torch.Tensor, offsets: torch.Tensor,
+                       dims: int) -> torch.Tensor:
+    """Dense levels with corners outside [0, res] (inputs outside [0, 1]): tcnn's uint32 wrap, then
+    the remainder, in int64. cells [Lg, D, n] -> [Lg, 2, .., 2, n] int32."""
+    acc: Optional[torch.Tensor] = None
+    for d in range(dims):
+        c = cells[:, d]  # [Lg, n]
+        coords = torch.stack([c, c + 1], dim=1) & _UINT32_MASK  # [Lg, 2, n]
+        term = _axis_view(coords * strides[:, d].view(-1, 1, 1), d, dims)
+        acc = term if acc is None else acc + term
+    assert acc is not None
+    per_level = [-1] + [1] * (dims + 1)
+    return (torch.remainder(acc & _UINT32_MASK, sizes.view(per_level)) + offsets.view(per_level)).int()
 
 
 def _positions(xt: torch.Tensor, levels: Tuple[GridLevel, ...]) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -132,8 +151,8 @@ def _positions(xt: torch.Tensor, levels: Tuple[GridLevel, ...]) -> Tuple[torch.T
 
 
 def _factors(frac: torch.Tensor) -> List[torch.Tensor]:
-    """frac [L, D, n] -> per axis [1 - t, t] as [L, 2, n]."""
-    return [torch.stack([1.0 - t, t], dim=1) for t in frac.unbind(1)]
+    """frac [L, D, n] -> per axis [1 - t, t] as [L, 2, n] (views of one [L, D, 2, n] tensor)."""
+    return list(torch.stack([1.0 - frac, frac], dim=2).unbind(1))
 
 
 def _weights(factors: List[torch.Tensor], skip: int = -1) -> torch.Tensor:
