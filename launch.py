@@ -6,6 +6,12 @@
 --train fits, then runs the test pass (turntable video). --validate/--test/--export need
 `resume=<trial>/ckpts/last.ckpt`. Extra arguments are OmegaConf dot-list overrides. The whole
 experiment config is validated before anything is built.
+
+Exit codes: 0 done; 2 a user error (one line naming the problem and the fix, before any folder is
+written); 3 a fault during the run (non-finite loss/gradient/parameter, full disk; ckpts/last.ckpt
+stays the last good state); 130 / 143 stopped by SIGINT / SIGTERM (after saving ckpts/last.ckpt at
+the end of the current step; the message gives the resume command); 1 an unexpected error. No
+traceback unless LIFT3D_DEBUG=1.
 """
 from __future__ import annotations
 
