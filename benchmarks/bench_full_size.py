@@ -455,6 +455,19 @@ class TimedGuidance:
         return self.inner(image, *args, **kwargs)
 
 
+def timed_guidance(inner: Any) -> TimedGuidance:
+    """A TimedGuidance whose class also carries the wrapped guidance's class attributes (systems read
+    some from the type, e.g. ``type(guidance).reference_view_losses``)."""
+    shared: dict[str, Any] = {}
+    for cls in type(inner).__mro__:  # plain class data only (no methods, properties or other descriptors)
+        for k, v in vars(cls).items():
+            if not k.startswith("__") and not hasattr(v, "__get__") and k not in shared:
+                shared[k] = v
+    shared.pop("inner", None)
+    shared.pop("mark", None)
+    return type(f"Timed{type(inner).__name__}", (TimedGuidance,), shared)(inner)
+
+
 def diffusion_flops(system, step_fn) -> tuple[float, dict]:
     """FLOPs of the diffusion models in one training step (forward and backward).
 
@@ -492,7 +505,7 @@ def run_stage(stage: Stage, args, models: Models, device: torch.device, tflops: 
     system.build_guidance()  # prompt processor (text encoder once, cached) + guidance, as on_fit_start
     guidance = system.guidance
     notes = apply_guidance_options(guidance, args)
-    timed = TimedGuidance(guidance)
+    timed = timed_guidance(guidance)
     system.guidance = timed
     opt_cfg = OmegaConf.to_container(cfg.system.optimizer, resolve=True)
     if args.fused_adam and device.type == "cuda":
