@@ -11,6 +11,7 @@ installs it before anything is built):
 from __future__ import annotations
 
 import signal
+import threading
 from pathlib import Path
 from typing import Any, Optional
 
@@ -32,6 +33,9 @@ class GracefulStop(pl.Callback):
 
     # -- signal handling
     def install(self) -> None:
+        """Own SIGINT/SIGTERM (only the main thread may; elsewhere signals keep their handlers)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
         for sig in SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
 
