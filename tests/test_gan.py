@@ -27,6 +27,15 @@ def toy_labels(n: int, elevation: float = 20.0, distance: float = 2.0, fovy: flo
     return make_label(opengl_to_opencv_c2w(c2w), normalized_intrinsics(fovy, n))
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is several times faster than oversubscribed cores on a loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def generator():
     torch.manual_seed(0)
