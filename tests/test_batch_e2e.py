@@ -20,7 +20,7 @@ from tests.helpers import REPO  # noqa: E402
 
 TINY = ["trainer.max_steps=4", "trainer.val_check_interval=4", "checkpoint.every_n_train_steps=2",
         "data.n_val_views=1", "data.n_test_views=4", "system.geometry.isosurface_threshold=0.5",
-        "system.geometry.isosurface_resolution=32"]
+        "system.geometry.isosurface_resolution=32", "trainer.log_every_n_steps=1"]
 
 
 @pytest.mark.slow

@@ -28,7 +28,9 @@ from typing import Optional
 from lift3d.batch.layout import JobPaths, final_losses, latest_export, latest_video, read_json, write_json_atomic
 from lift3d.batch.manifest import Job
 
-EXIT_CONFIG_ERROR = 2  # launch.py: a lift3d error (bad config) or a command-line error — retrying cannot help
+# launch.py exit statuses that a retry would only repeat: 2 = a user error (bad config, command line,
+# unreadable checkpoint), 3 = a run fault (e.g. a NaN loss; an exact resume reaches it again)
+NOT_RETRYABLE = (2, 3)
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -126,7 +128,7 @@ def run_attempt(job_dict: dict, batch_dir: str, launcher: str, attempt: int, cwd
                 peak_mb = max(peak_mb, rss)
                 if code != 0:
                     return _finish(paths, record, start, peak_mb, "failed", f"{step} exited with {code}",
-                                   retryable=code != EXIT_CONFIG_ERROR)
+                                   retryable=code not in NOT_RETRYABLE)
                 if step == "train":
                     paths.train_done.touch()
             scores = {}

@@ -6,7 +6,7 @@ repository and the batch folder must be at the same path on every node, e.g. a s
 Each job is one task asking for the job's `num_cpus` / `num_gpus`; Ray runs as many at once as the
 resources allow and sets CUDA_VISIBLE_DEVICES for each. The driver (this process) only schedules:
 it submits a job when its parent (stage chain) is done, re-submits a failed attempt up to the
-job's `retries` (not after a config error: launch.py exit 2), prints state changes and the overall
+job's `retries` (not after a config error or a run fault: launch.py exit 2 or 3), prints state changes and the overall
 bar, and rebuilds the HTML report whenever a job ends. Ctrl-C (or SIGTERM) cancels the running
 tasks, which kill their launch.py; a rerun skips done jobs and resumes the others from their last
 checkpoint.
@@ -226,7 +226,7 @@ class BatchRunner:
         if (paths.status() or {}).get("state") != "failed":
             write_json_atomic(paths.status_json, {"job": job.id, "state": "failed", "error": result.get("error"),
                                                   "attempt": self.attempts.get(job.id, 0), "log": result.get("log")})
-        why = "" if result.get("retryable", True) else " (a config or command-line error: not retried)"
+        why = "" if result.get("retryable", True) else " (a config error or a run fault: not retried)"
         self.progress.line(f"{job.id}: FAILED after {self.attempts.get(job.id, 0)} attempt(s): {result.get('error')}{why}")
         if tail_text:
             self.progress.line(f"{job.id}: last lines of {self.batch_dir / result['log']}:\n"
