@@ -24,14 +24,15 @@ STATIC = Path(__file__).resolve().parent / "static"
 CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em;background:#fafafa;color:#222}
 h1{font-size:1.4em;margin:0 0 .3em} .summary{margin-bottom:1em;color:#444}
-.jobs{display:grid;grid-template-columns:repeat(auto-fill,minmax(430px,1fr));gap:1em}
+.jobs{display:grid;grid-template-columns:repeat(auto-fill,minmax(530px,1fr));gap:1em}
 .job{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.7em}
 .job h2{font-size:1.05em;margin:0 0 .3em;word-break:break-all}
 .badge{display:inline-block;padding:0 .5em;border-radius:3px;color:#fff;font-size:.85em}
 .done{background:#2a7d2a}.failed{background:#b3261e}.running,.queued{background:#1f5fa8}
 .left,.interrupted,.unknown{background:#777}
-.media{display:flex;gap:.5em;margin:.5em 0}
-.media video,.media model-viewer{width:200px;height:200px;background:#eee;border-radius:4px}
+.media{display:flex;flex-wrap:wrap;gap:.5em;margin:.5em 0;align-items:center}
+.media video{width:300px;height:auto;background:#eee;border-radius:4px}
+.media model-viewer{width:200px;height:200px;background:#eee;border-radius:4px}
 .media .none{width:200px;height:200px;display:flex;align-items:center;justify-content:center;background:#eee;color:#888}
 table{border-collapse:collapse;font-size:.85em} td{padding:.1em .6em .1em 0;vertical-align:top}
 pre{font-size:.75em;background:#f3f3f3;padding:.4em;overflow-x:auto;max-height:14em}
