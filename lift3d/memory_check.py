@@ -42,7 +42,7 @@ EVAL_SAMPLE_BASE = 3730  # bytes per shaded sample at evaluation (finite-differe
 EVAL_SAMPLE_PER_LEVEL = 127  # ... plus this per hash-grid level
 MARCH_CANDIDATE = 1200  # bytes per candidate sample while marching with alpha pruning (one field query)
 TRAIN_SAMPLE = 1700  # bytes per kept sample in a training step (forward + backward)
-KEPT_FRACTION = 0.1  # kept / candidate samples of an early (blob-initialised) field
+KEPT_FRACTION = 0.08  # kept / candidate samples of an early (blob-initialised) field (usd-patch, step 1)
 PER_RAY_EVAL = 160  # per-ray buffers of an evaluation view (outputs, marching bounds, images)
 RASTER_PIXEL_TRAIN = 3000  # bytes per pixel of a mesh-rasterizer training view (with autograd)
 RASTER_PIXEL_EVAL = 1200  # bytes per pixel of a mesh-rasterizer evaluation view
@@ -108,12 +108,17 @@ def _component_cfg(type_name: str, section: Any) -> Any:
 
 
 def _frames(data: Any) -> tuple[int, int, int, int]:
-    """(train batch, train pixels per view, eval pixels per view) of the data section."""
+    """(train batch, train height, train width, eval pixels per view, reference views) of the data
+    section; image-to-3D data (data.image_path) also renders its reference view(s) at data.height ×
+    data.width in every training step."""
     cams = _get(data, "random_camera") or data
     batch = _largest(_get(cams, "batch_size", 1)) or 1
     h, w = _largest(_get(cams, "height", 64)), _largest(_get(cams, "width", 64))
     eh, ew = _largest(_get(cams, "eval_height", 512)), _largest(_get(cams, "eval_width", 512))
-    return batch, h, w, eh * ew
+    ref = None
+    if _get(data, "image_path") and _get(data, "random_camera") is not None:
+        ref = (_largest(_get(data, "batch_size", 1)) or 1, _largest(_get(data, "height", h)), _largest(_get(data, "width", w)))
+    return batch, h, w, eh * ew, ref
 
 
 def _hash_levels(geo: Any) -> tuple[int, int]:
@@ -184,7 +189,7 @@ def weights_bytes(cfg: Any) -> int:
 def estimate(cfg: Any, device: str = "cpu", fitting: bool = True) -> MemoryEstimate:
     """The estimated peak of one training step and one evaluation view of an experiment config."""
     system = cfg.system
-    batch, h, w, eval_px = _frames(_get(cfg, "data", {}))
+    batch, h, w, eval_px, ref = _frames(_get(cfg, "data", {}))
     geo_type = str(_get(system, "geometry_type", ""))
     geo = _component_cfg(geo_type, _get(system, "geometry")) if geo_type else {}
     levels, table = _hash_levels(geo)
@@ -197,12 +202,16 @@ def estimate(cfg: Any, device: str = "cpu", fitting: bool = True) -> MemoryEstim
     if renderer_type == "patch-renderer":
         base = _component_cfg(str(renderer.base_renderer_type), renderer.base_renderer)
         p, s = int(renderer.patch_size), int(renderer.global_downsample)
-        train_rays = batch * ((-(-h // s)) * (-(-w // s)) + p * p) if (h > p or w > p) else batch * h * w
+
+        def patch_rays(b: int, hh: int, ww: int) -> int:
+            return b * ((-(-hh // s)) * (-(-ww // s)) + p * p) if (hh > p or ww > p) else b * hh * ww
+
+        train_rays = patch_rays(batch, h, w) + (patch_rays(*ref) if ref else 0)
         train, evalv = _volume(base, train_rays, eval_px, levels)
         keys = ["system.renderer.base_renderer.eval_max_samples", "system.renderer.base_renderer.num_samples_per_ray",
                 "system.renderer.patch_size", "data.random_camera.eval_width/eval_height"]
     elif renderer_type in ("nerf-volume-renderer", "neus-volume-renderer"):
-        train, evalv = _volume(renderer, batch * h * w, eval_px, levels)
+        train, evalv = _volume(renderer, batch * h * w + (ref[0] * ref[1] * ref[2] if ref else 0), eval_px, levels)
         keys = ["system.renderer.eval_max_samples", "system.renderer.num_samples_per_ray", "data.width/height",
                 "data.batch_size"]
     elif renderer_type in ("mesh-rasterizer", "nvdiff-rasterizer"):
