@@ -73,25 +73,24 @@ def read_checkpoint(path: str | Path, key: str) -> dict:
 
 def check_state_matches(module: torch.nn.Module, ckpt: dict, path: str | Path, key: str, digest: str,
                         ignore_prefixes: tuple[str, ...] = ("guidance_params.",)) -> None:
-    """A ConfigError naming the first parameter whose presence or shape differs between `module`
-    and the checkpoint (a checkpoint of another config), before any work; a warning when only the
-    config digest differs."""
+    """Load the checkpoint's weights into `module` now, as Lightning will (so a component that
+    resizes its buffers from the checkpoint, e.g. custom-mesh, is judged as it loads): a ConfigError
+    naming the first parameter that is missing, extra or of another shape (a checkpoint of another
+    config), before any work; a warning when only the config digest differs."""
     state = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith(ignore_prefixes)}
-    own = {k: v for k, v in module.state_dict().items() if not k.startswith(ignore_prefixes)}
     saved_digest = ckpt.get(DIGEST_KEY)
     differs = f" (its config digest {saved_digest} differs from this config's {digest})" if saved_digest and saved_digest != digest else ""
     fix = "Resume with the config the checkpoint was trained with: <trial>/configs/parsed.yaml."
-    for name, tensor in own.items():
-        if name not in state:
-            raise ConfigError(f"{key}: '{path}' was written by another config{differs}: it has no '{name}'. {fix}")
-        if tuple(state[name].shape) != tuple(tensor.shape):
-            raise ConfigError(
-                f"{key}: '{path}' was written by another config{differs}: '{name}' has shape "
-                f"{tuple(state[name].shape)} there, {tuple(tensor.shape)} here. {fix}"
-            )
-    extra = sorted(set(state) - set(own))
-    if extra:
-        raise ConfigError(f"{key}: '{path}' was written by another config{differs}: it has '{extra[0]}', which this config lacks. {fix}")
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # "size mismatch for <name>: copying a param with shape ... from checkpoint, ..."
+        lines = [l.strip() for l in str(exc).splitlines() if "size mismatch" in l] or [str(exc).splitlines()[0]]
+        raise ConfigError(f"{key}: '{path}' was written by another config{differs}: {lines[0]} {fix}") from None
+    missing = [k for k in missing if not k.startswith(ignore_prefixes)]
+    if missing:
+        raise ConfigError(f"{key}: '{path}' was written by another config{differs}: it has no '{missing[0]}'. {fix}")
+    if unexpected:
+        raise ConfigError(f"{key}: '{path}' was written by another config{differs}: it has '{unexpected[0]}', which this config lacks. {fix}")
     if differs:
         log.warning("%s: '%s' was written by a different config%s; its parameters fit, continuing.", key, path, differs)
 
