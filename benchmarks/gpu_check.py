@@ -214,7 +214,7 @@ def _full_size_argv(check: Check, models_dir: Path, extra: List[str], stage: str
     argv = [check.python, "benchmarks/bench_full_size.py", "--stage", stage, "--json", str(json_path),
             "--models-dir", str(models_dir)]
     if check.dry_run:
-        argv += ["--tiny", "--device", "cpu", "--iters", "1", "--warmup", "1"]
+        argv += ["--tiny", "--device", "cpu", "--iters", "1", "--warmup", "0"]
     else:
         argv += ["--device", "cuda", "--iters", "20", "--warmup", "10"]
     return argv + extra
