@@ -3,6 +3,7 @@
     python benchmarks/bench_memory.py                      # every shipped config's estimate + the measured five
     python benchmarks/bench_memory.py --estimates-only     # the estimate table alone (seconds)
     python benchmarks/bench_memory.py --measure usd-patch --eval-sizes 128 256 512   # usd-patch at several eval sizes
+    python benchmarks/bench_memory.py --eval-view 128 256 512 [--budget N]  # usd-patch's evaluation view alone
 
 Measured: one training step, one validation view and one test view through launch.py at the config's
 own sizes, with tiny random diffusion models (lift3d.models.tiny_factory, the same classes and folder
@@ -103,6 +104,37 @@ def run_subprocess(argv: list[str], timeout: int = 900) -> dict:
     return result
 
 
+def eval_view_one(size: int, budget: int) -> dict:
+    """usd-patch's geometry (blob init) + patch renderer as shipped, one size² evaluation view from
+    the reference camera (distance 1.5, elevation 15°); budget > 0 replaces eval_max_samples."""
+    import math
+
+    import torch
+
+    from lift3d.config import load_config
+    from lift3d.data.cameras import get_ray_directions, get_rays, look_at_c2w, spherical_to_cartesian
+    from lift3d.registry import find
+
+    torch.set_num_threads(1)
+    s = load_config(str(REPO / "custom/usd/configs/usd-patch.yaml")).system
+    geo = find(s.geometry_type)(s.geometry)
+    mat, bg = find(s.material_type)(s.get("material", {})), find(s.background_type)(s.background)
+    rcfg = dict(s.renderer)
+    rcfg["base_renderer"] = dict(rcfg["base_renderer"], **({"eval_max_samples": budget} if budget > 0 else {}))
+    renderer = find(s.renderer_type)(rcfg, geometry=geo, material=mat, background=bg)
+    for module in (geo, mat, bg, renderer):
+        module.eval()
+    pos = spherical_to_cartesian(torch.tensor([15.0]), torch.tensor([45.0]), torch.tensor([1.5]))
+    dirs = get_ray_directions(size, size, 0.5 * size / math.tan(math.radians(39.6) / 2))
+    rays_o, rays_d = get_rays(dirs, look_at_c2w(pos))
+    before, _ = peak_rss_mb()
+    with torch.no_grad():
+        out = renderer(rays_o=rays_o, rays_d=rays_d, light_positions=pos)
+    peak, _ = peak_rss_mb()
+    return {"size": size, "budget": budget, "before_mb": before, "peak_rss_mb": peak,
+            "opacity_mean": float(out["opacity"].mean())}
+
+
 def make_models(work: Path) -> dict:
     from lift3d.models.tiny_factory import make_tiny_sd, make_tiny_zero123
 
@@ -140,6 +172,10 @@ def estimate_row(config: Path, extra: list[str] = ()) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--measure-one", help=argparse.SUPPRESS)
+    parser.add_argument("--eval-view-one", nargs=2, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--eval-view", nargs="*", type=int, default=None,
+                        help="usd-patch's evaluation view alone at these sizes (one subprocess each)")
+    parser.add_argument("--budget", type=int, default=0, help="--eval-view: eval_max_samples (0: the default)")
     parser.add_argument("--estimates-only", action="store_true")
     parser.add_argument("--measure", nargs="*", default=None, help="configs to measure (default: the five)")
     parser.add_argument("--eval-sizes", nargs="*", type=int, default=None,
@@ -148,6 +184,22 @@ def main(argv=None) -> int:
     if args.measure_one:
         result = measure_one(json.loads(args.measure_one))
         print("MEASURED " + json.dumps(result), flush=True)
+        return 0
+    if args.eval_view_one:
+        print("MEASURED " + json.dumps(eval_view_one(*args.eval_view_one)), flush=True)
+        return 0
+    if args.eval_view:
+        print("| eval size | eval_max_samples | RSS before the view MB | peak RSS MB |")
+        print("|---|---|---|---|")
+        for size in args.eval_view:
+            proc = subprocess.run([sys.executable, __file__, "--eval-view-one", str(size), str(args.budget)], cwd=REPO,
+                                  capture_output=True, text=True, timeout=3600)
+            line = [l for l in proc.stdout.splitlines() if l.startswith("MEASURED ")]
+            if not line:
+                print(f"| {size}² | failed: {proc.stderr[-300:]} | | |")
+                continue
+            r = json.loads(line[-1][len("MEASURED "):])
+            print(f"| {size}² | {args.budget or 'default'} | {r['before_mb']:.0f} | {r['peak_rss_mb']:.0f} |", flush=True)
         return 0
 
     import torch
