@@ -13,6 +13,8 @@ from lift3d.gan.triplane_decoder import sample_triplane
 from lift3d.gan.discriminator import CameraConditionedDiscriminator
 from lift3d.gan.triplane_generator import TriPlaneGenerator
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")  # tiny tensors: one thread
+
 TINY_G = dict(z_dim=16, w_dim=16, mapping_layers=2, plane_resolution=16, plane_channels=8, channel_base=256,
               channel_max=16, decoder_hidden=16, decoder_features=8, neural_rendering_resolution=8,
               image_resolution=16, superresolution_channels=8, samples_per_ray=12, ray_start=1.1, ray_end=2.9)
@@ -25,15 +27,6 @@ def toy_labels(n: int, elevation: float = 20.0, distance: float = 2.0, fovy: flo
     azimuth = torch.linspace(-180, 180, n + 1)[:n]
     c2w = look_at_c2w(spherical_to_cartesian(torch.full((n,), elevation), azimuth, torch.full((n,), distance)))
     return make_label(opengl_to_opencv_c2w(c2w), normalized_intrinsics(fovy, n))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is several times faster than oversubscribed cores on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

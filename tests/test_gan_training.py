@@ -13,6 +13,8 @@ from lift3d.gan.eg3d_datamodule import EG3DImageDataModule, read_eg3d_labels
 from lift3d.gan.gan_system import GANSystem
 from tests.helpers import REPO
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")  # tiny tensors: one thread
+
 TOY_SIZE = 16
 TINY_SYSTEM = {
     "generator": dict(z_dim=16, w_dim=16, mapping_layers=2, plane_resolution=16, plane_channels=8, channel_base=256,
@@ -22,15 +24,6 @@ TINY_SYSTEM = {
     "r1_interval": 4, "density_reg_interval": 4, "density_reg_points": 64, "ema_images": 100,
     "sample_every_n_steps": 0, "n_sample_latents": 2, "export_resolution": 24,
 }
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is several times faster than oversubscribed cores on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
