@@ -138,6 +138,9 @@ def test_controlnet_residuals_reach_the_unet(tiny_sd_path, tiny_controlnet_path)
     assert torch.allclose(got, want, atol=1e-5)
     assert torch.allclose(off, plain.predict_noise(z, t, text), atol=1e-5), "scale 0 is plain SD"
     assert not torch.allclose(got, off, atol=1e-4)
+    with torch.no_grad():
+        other_control = model.predict_noise(z, t, text, control_image=1.0 - control, conditioning_scale=0.8)
+    assert not torch.allclose(got, other_control, atol=1e-4), "the control image must reach the UNet"
     with pytest.raises(DiffusionModelNotFoundError):
         StableDiffusionControlNet.load(str(tiny_sd_path), controlnet_name_or_path=str(tiny_sd_path / "nope"))
 

@@ -327,7 +327,9 @@ def make_tiny_controlnet(out_dir: PathLike, sd_folder: PathLike, seed: int = 0) 
         controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 32, 32))
         with torch.no_grad():  # zero convolutions start at 0 in training; a trained one is not 0
             for name, p in controlnet.named_parameters():
-                if "zero_conv" in name or "controlnet_down_blocks" in name or "controlnet_mid_block" in name:
+                if "controlnet_cond_embedding.conv_out" in name:  # the control image's way in
+                    p.normal_(0.0, 0.5)
+                elif "controlnet_down_blocks" in name or "controlnet_mid_block" in name:
                     p.normal_(0.0, 0.05)
     out = Path(out_dir)
     controlnet.save_pretrained(out)
