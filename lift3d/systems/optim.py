@@ -136,9 +136,19 @@ def check_param_groups(system: nn.Module, cfg: Any, skip_prefixes: tuple[str, ..
     """Resolve every parameter group's module on the built system (a ConfigError naming an unknown
     one); groups under `skip_prefixes` (built with the guidance, later) are not checked here."""
     cfg = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else cfg
+    owner: dict[int, str] = {}  # id(parameter) -> the group that holds it
     for dotted in flatten_groups((cfg or {}).get("params")):
-        if not dotted.split(".")[0] in skip_prefixes:
-            _resolve_module(system, dotted)
+        if dotted.split(".")[0] in skip_prefixes:
+            continue
+        target = _resolve_module(system, dotted)
+        for p in (target.parameters() if isinstance(target, nn.Module) else [target]):
+            if id(p) in owner:
+                raise ConfigError(
+                    f"system.optimizer.params: groups '{owner[id(p)]}' and '{dotted}' hold the same parameters "
+                    f"(one contains the other); a parameter belongs to one group. Give the lr of each of "
+                    f"'{owner[id(p)]}' and '{dotted}' separately, or only the larger one."
+                )
+            owner[id(p)] = dotted
 
 
 def parameter_groups(system: nn.Module, params_cfg: Any) -> list[dict]:
