@@ -190,7 +190,7 @@ def encode_all_levels(x: torch.Tensor, params: torch.Tensor, levels: List[GridLe
         feats = [(table_t[f].index_select(0, index).view(n_levels, corners, m) * weight).sum(1)
                  for f in range(n_features)]  # F x [L, m]
         parts.append(torch.stack(feats, dim=1))  # [L, F, m]
-    out = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]  # [L, F, N]
+    out = torch.cat(parts, dim=2) if parts else table_t.new_zeros(n_levels, n_features, 0)  # [L, F, N]; N may be 0
     return out.permute(2, 0, 1).reshape(n, n_levels * n_features)
 
 
