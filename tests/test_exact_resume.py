@@ -105,3 +105,21 @@ def test_sigkill_three_times_then_resume_equals_uninterrupted(tmp_path):
     assert not [p for p in (trial / "ckpts").iterdir() if p.name.endswith(".tmp")]
     assert logged_steps(trial) == list(range(MAX_STEPS))
     assert sorted(set(tensorboard_steps(trial))) == tensorboard_steps(trial)  # no step twice
+
+
+def test_stream_state_is_the_first_batch_not_trained_on():
+    """Lightning draws batch k+1 before step k; the saved state must redraw batch k+1 after k steps."""
+    from lift3d.data.random_camera import RandomCameraDataModule
+
+    cfg = {"height": 8, "width": 8, "eval_height": 8, "eval_width": 8, "seed": 3}
+    a = RandomCameraDataModule(cfg)
+    stream = iter(a.train_dataset)
+    batches = [next(stream)]  # the prefetch
+    for _ in range(3):  # three training steps, each taking a batch while the next one is drawn
+        batches.append(next(stream))
+        a.train_dataset.consumed()
+    state = a.state_dict()
+    b = RandomCameraDataModule(cfg)
+    b.load_state_dict(state)
+    assert torch.equal(next(iter(b.train_dataset))["c2w"], batches[3]["c2w"])  # batch 3, not batch 4
+    assert not torch.equal(batches[3]["c2w"], batches[2]["c2w"])
