@@ -116,7 +116,7 @@ def test_depth_model_feeds_latents_and_normalised_depth(tiny_depth_path, tiny_sd
         other = model.predict_noise(z, t, text, depth=-d)
     assert torch.allclose(got, want, atol=1e-6)
     assert not torch.allclose(got, other), "the depth channel must reach the UNet"
-    with pytest.raises(ConfigError, match="not a depth-conditioned"):
+    with pytest.raises(ConfigError, match="is not Stable Diffusion 2 depth: its UNet takes 4 input channels"):
         StableDiffusionDepth.load(str(tiny_sd_path))
 
 
@@ -143,6 +143,23 @@ def test_controlnet_residuals_reach_the_unet(tiny_sd_path, tiny_controlnet_path)
     assert not torch.allclose(got, other_control, atol=1e-4), "the control image must reach the UNet"
     with pytest.raises(DiffusionModelNotFoundError):
         StableDiffusionControlNet.load(str(tiny_sd_path), controlnet_name_or_path=str(tiny_sd_path / "nope"))
+
+
+def test_a_model_folder_of_another_kind_is_refused_before_any_weight_is_read(tiny_sd_path, tiny_zero123_path, tmp_path):
+    """A Zero-1-to-3 folder given as Stable Diffusion (and the reverse) is named from unet/config.json alone;
+    a folder whose weights are truncated is a clear error too."""
+    import shutil
+
+    with pytest.raises(ConfigError, match="is not Stable Diffusion: its UNet takes 8 input channels .like Zero-1-to-3"):
+        StableDiffusion.resolve(str(tiny_zero123_path), "Stable Diffusion for system.guidance.pretrained_model_name_or_path")
+    with pytest.raises(ConfigError, match="lacks image_encoder/config.json"):
+        Zero123.resolve(str(tiny_sd_path))  # an SD folder has no image encoder
+    broken = tmp_path / "broken-sd"
+    shutil.copytree(tiny_sd_path, broken)
+    for weights in (broken / "unet").glob("diffusion_pytorch_model.*"):
+        weights.write_bytes(weights.read_bytes()[:100])  # truncated download
+    with pytest.raises(ConfigError, match="could not be loaded .* download it again"):
+        StableDiffusion.load(str(broken), shared=False)
 
 
 def test_zero123_reference_camera_and_predictions(tiny_zero123_path):

@@ -130,7 +130,8 @@ class XDreamerGuidance(StableDiffusionGuidance):
             raise ConfigError(f"{KEY}.lora_from is set but use_cg_lora=false: nothing would receive the weights.")
         if cfg.lora_from:
             load_lora_state(cfg.lora_from, f"{path}.lora_from")
-        resolve_model(cfg.pretrained_model_name_or_path, cls.model_what(path), XDREAMER_FILES)
+        folder = resolve_model(cfg.pretrained_model_name_or_path, cls.model_what(path), XDREAMER_FILES)
+        cls.model_class.check_unet_config(folder, cls.model_what(path))
 
     # ------------------------------------------------------------------ setup
     def configure(self) -> None:

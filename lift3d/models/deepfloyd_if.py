@@ -22,6 +22,7 @@ from lift3d.models.diffusion import DiffusionModel
 
 class DeepFloydIF(DiffusionModel):
     KIND = "DeepFloyd IF (stage I)"
+    UNET_IN_CHANNELS = 3
     latent_channels = 3
 
     def load_networks(self, path: str) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from typing import Any, ClassVar, Optional, Sequence
 import torch
 from torch import Tensor
 
+from lift3d.errors import ConfigError
 from lift3d.models.frozen import (
     FrozenModels,
     default_device,
@@ -40,6 +41,11 @@ from lift3d.models.frozen import (
 )
 from lift3d.models.noise_schedule import add_noise
 
+# what a UNet's input width usually means, for the messages of `check_unet_config`
+MODEL_BY_CHANNELS = {3: "a pixel-space model such as DeepFloyd IF", 4: "Stable Diffusion",
+                     5: "depth-conditioned Stable Diffusion 2", 8: "Zero-1-to-3 / Stable Zero123",
+                     9: "an inpainting Stable Diffusion"}
+
 _LOADED: "weakref.WeakValueDictionary[tuple, DiffusionModel]" = weakref.WeakValueDictionary()
 
 
@@ -49,6 +55,8 @@ class DiffusionModel:
     REQUIRED_FILES: ClassVar[tuple[str, ...]] = ("model_index.json", "unet/config.json", "scheduler/scheduler_config.json")
     KIND: ClassVar[str] = "a diffusion model"  # used in not-found messages: "<KIND> for <key>"
     latent_channels: int = 4
+    # input channels of the model's UNet (read from unet/config.json before any weight); None: not checked
+    UNET_IN_CHANNELS: ClassVar[Optional[int]] = None
 
     def __init__(self, path: str, precision: str = "auto", attention_slicing: bool = False,
                  channels_last: bool = False, device: Optional[torch.device | str] = None) -> None:
@@ -56,8 +64,18 @@ class DiffusionModel:
         self.precision_mode = half_precision_mode(precision)
         self.device = torch.device(device) if device is not None else default_device()
         self.weights_dtype = weights_dtype(self.precision_mode, self.device)
+        try:
+            networks = self.load_networks(self.path)
+        except ConfigError:
+            raise
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:  # missing / truncated / foreign weights
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise ConfigError(
+                f"{self.KIND} in '{self.path}' could not be loaded ({type(exc).__name__}: {first}). The folder is "
+                f"incomplete or damaged, or is another kind of model: download it again or point to a complete one."
+            ) from None
         self.models = FrozenModels(**{name: freeze(m) if isinstance(m, torch.nn.Module) else m
-                                      for name, m in self.load_networks(self.path).items()})
+                                      for name, m in networks.items()})
         self.models.apply_memory_options(attention_slicing, channels_last)
         self.models.to(self.device, self.weights_dtype)
         self.alphas_cumprod = self.load_alphas_cumprod(self.path).detach().to(torch.float32).cpu()  # [T]
@@ -65,8 +83,33 @@ class DiffusionModel:
     # ------------------------------------------------------------------ loading
     @classmethod
     def resolve(cls, name_or_path: str, what: Optional[str] = None) -> str:
-        """A loadable folder for `name_or_path`, or DiffusionModelNotFoundError naming `what` (a config key)."""
-        return resolve_model(str(name_or_path), what or cls.KIND, cls.REQUIRED_FILES)
+        """A loadable folder for `name_or_path`, or DiffusionModelNotFoundError naming `what` (a config key);
+        a ConfigError when its UNet is not this kind of model (e.g. a Zero-1-to-3 folder given as SD)."""
+        path = resolve_model(str(name_or_path), what or cls.KIND, cls.REQUIRED_FILES)
+        cls.check_unet_config(path, what or cls.KIND)
+        return path
+
+    @classmethod
+    def check_unet_config(cls, path: str, what: str) -> None:
+        """The UNet's input width (unet/config.json, no weights read) must be this model's."""
+        if cls.UNET_IN_CHANNELS is None:
+            return
+        import json
+        import os
+
+        config_file = os.path.join(path, "unet", "config.json")
+        try:
+            with open(config_file, encoding="utf-8") as fp:
+                channels = json.load(fp).get("in_channels")
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{what}: cannot read {config_file} ({exc}); the model folder is damaged: "
+                              f"download it again.") from None
+        if channels != cls.UNET_IN_CHANNELS:
+            raise ConfigError(
+                f"{what}: '{path}' is not {cls.KIND}: its UNet takes {channels} input channels (like "
+                f"{MODEL_BY_CHANNELS.get(channels, 'another kind of model')}), {cls.KIND} takes {cls.UNET_IN_CHANNELS}. "
+                f"Give a {cls.KIND} folder, or use the guidance made for that model."
+            )
 
     @classmethod
     def load(cls, name_or_path: str, what: Optional[str] = None, half_precision_weights: Any = "auto",

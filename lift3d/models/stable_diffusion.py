@@ -23,6 +23,7 @@ from lift3d.models.diffusion import LatentDiffusionModel
 
 class StableDiffusion(LatentDiffusionModel):
     KIND = "Stable Diffusion"
+    UNET_IN_CHANNELS = 4
 
     def load_networks(self, path: str) -> dict[str, Any]:
         from diffusers import UNet2DConditionModel

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lift3d.errors import ConfigError
 from lift3d.models.stable_diffusion import StableDiffusion
 
 
@@ -22,17 +21,7 @@ class StableDiffusionDepth(StableDiffusion):
     """Depth-conditioned SD 2 (stabilityai/stable-diffusion-2-depth): UNet input concat(z_t, depth) [N,5,h,w]."""
 
     KIND = "Stable Diffusion 2 depth"
-
-    def load_networks(self, path: str) -> dict[str, Any]:
-        networks = super().load_networks(path)
-        channels = int(networks["unet"].config.in_channels)
-        if channels != self.latent_channels + 1:
-            raise ConfigError(
-                f"'{path}' is not a depth-conditioned Stable Diffusion: its UNet takes {channels} input channels, "
-                f"a depth model takes {self.latent_channels + 1} (latents + depth). Use stabilityai/stable-diffusion-2-depth "
-                f"or a folder in its layout."
-            )
-        return networks
+    UNET_IN_CHANNELS = 5
 
     @staticmethod
     def prepare_depth(depth: Tensor, size: tuple[int, int]) -> Tensor:

@@ -40,6 +40,7 @@ class ReferenceConditioning:
 
 class Zero123(LatentDiffusionModel):
     KIND = "Zero-1-to-3"
+    UNET_IN_CHANNELS = 8
     REQUIRED_FILES = (
         "model_index.json", "unet/config.json", "vae/config.json", "image_encoder/config.json",
         "clip_camera_projection/config.json", "scheduler/scheduler_config.json",
