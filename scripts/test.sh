@@ -4,4 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 bash scripts/install.sh
-$PY -m pytest tests -q -ra "$@"
+# The default suite leaves out the end-to-end runs marked slow (minutes each on 2 cores);
+# `bash scripts/test.sh -m slow` runs those, `-m "slow or not slow"` runs everything. CI runs both.
+$PY -m pytest tests -q -ra -m "not slow" "$@"

@@ -12,6 +12,9 @@ import time
 import torch
 
 from tests.helpers import REPO, only_trial, run_launch
+import pytest
+
+pytestmark = pytest.mark.slow  # end-to-end: SIGKILL and resume three times (minutes); run with -m slow
 
 CONFIG = "configs/reconstruct-nerf.yaml"
 MAX_STEPS = 40

@@ -17,6 +17,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import gpu_check  # noqa: E402
 
+pytestmark = pytest.mark.slow  # end-to-end rehearsal of benchmarks/gpu_check.sh (minutes); run with -m slow
+
 pytest.importorskip("triton", reason="the dry run's triton-tests and kernels steps run Triton's interpreter")
 
 

@@ -54,6 +54,11 @@ class GracefulStop(pl.Callback):
     # -- Lightning hooks
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._armed = self.signum is None
+        # Lightning registers its own SIGTERM handler when fit starts; it would raise its SIGTERMException
+        # in the loop, racing this callback's save. Take the signals back (the originals stay in _previous).
+        if self._previous and threading.current_thread() is threading.main_thread():
+            for sig in self._previous:
+                signal.signal(sig, self._handle)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._armed = False
