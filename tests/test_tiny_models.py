@@ -3,7 +3,6 @@
 import json
 import shutil
 import socket
-import time
 
 import pytest
 import torch
