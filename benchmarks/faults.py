@@ -21,15 +21,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.faults.corpus import launch_args, load_cases, make_checkpoints, written_trials  # noqa: E402
+from tests.faults.corpus import RUN_CONFIG, TINY_RUN, launch_args, load_cases, make_checkpoints, written_trials  # noqa: E402
 
-CONFIG = "configs/reconstruct-nerf.yaml"
-TINY = [
-    "data.width=16", "data.height=16", "data.eval_width=16", "data.eval_height=16",
-    "data.n_val_views=1", "data.n_test_views=1", "system.renderer.num_samples_per_ray=16",
-    "system.geometry.isosurface_resolution=16", "trainer.val_check_interval=1000",
-    "trainer.log_every_n_steps=1", "checkpoint.every_n_train_steps=5", "trainer.enable_progress_bar=false",
-]
+CONFIG, TINY = RUN_CONFIG, TINY_RUN
 SAFETY_S = 1800
 
 

@@ -11,17 +11,12 @@ import time
 import pytest
 import torch
 
+from tests.faults.corpus import RUN_CONFIG, TINY_RUN
 from tests.helpers import REPO, only_trial, run_launch
 
 pytestmark = pytest.mark.slow  # end-to-end launch.py runs stopped by faults and signals; run with -m slow
 
-CONFIG = "configs/reconstruct-nerf.yaml"
-TINY = [
-    "data.width=16", "data.height=16", "data.eval_width=16", "data.eval_height=16",
-    "data.n_val_views=1", "data.n_test_views=1", "system.renderer.num_samples_per_ray=16",
-    "system.geometry.isosurface_resolution=16", "trainer.val_check_interval=1000",
-    "trainer.log_every_n_steps=1", "checkpoint.every_n_train_steps=5", "trainer.enable_progress_bar=false",
-]
+CONFIG, TINY = RUN_CONFIG, TINY_RUN
 SAFETY_S = 900  # generous: only a hung process reaches it
 
 

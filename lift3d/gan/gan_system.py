@@ -40,7 +40,7 @@ from lift3d.gan.mesh_export import EXPORT_FORMATS, export_triplane_mesh
 from lift3d.gan.triplane_generator import TriPlaneGenerator
 from lift3d.registry import find, register
 from lift3d.utils.base import Updateable, component_label
-from lift3d.utils.saving import image_row, save_image, save_video_from_folder
+from lift3d.utils.saving import TrialSaveDir, image_row, save_image, save_video_from_folder
 
 
 def _to_unit(image: Tensor) -> Tensor:
@@ -49,7 +49,7 @@ def _to_unit(image: Tensor) -> Tensor:
 
 
 @register("gan-system")
-class GANSystem(pl.LightningModule, Updateable):
+class GANSystem(TrialSaveDir, pl.LightningModule, Updateable):
     @dataclass
     class Config:
         generator_type: str = "triplane-generator"
@@ -137,16 +137,6 @@ class GANSystem(pl.LightningModule, Updateable):
         self._labels: Optional[Tensor] = None  # the dataset's camera labels [N,25]
 
     # ------------------------------------------------------------------ bookkeeping
-    def set_save_dir(self, path: str | Path) -> None:
-        self._save_dir = Path(path)
-
-    def save_path(self, relative: str) -> Path:
-        if self._save_dir is None:
-            raise RuntimeError("save dir not set: launch.py sets it with set_save_dir(<trial>/save)")
-        path = self._save_dir / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
-
     @property
     def true_global_step(self) -> int:
         step = int(self.trainer.global_step) if self._trainer is not None else 0

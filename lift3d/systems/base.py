@@ -52,10 +52,11 @@ from lift3d.utils import rng_state
 from lift3d.utils.base import Updateable, component_label
 from lift3d.utils.fault_inject import fault_args
 from lift3d.utils.checkpointing import DIGEST_KEY, FORMAT_KEY, FORMAT_VERSION, config_digest, read_checkpoint
+from lift3d.utils.saving import TrialSaveDir
 from lift3d.utils.schedule import C
 
 
-class BaseLift3DSystem(pl.LightningModule, Updateable):
+class BaseLift3DSystem(TrialSaveDir, pl.LightningModule, Updateable):
     @dataclass
     class Config:
         geometry_type: str = ""
@@ -338,17 +339,6 @@ class BaseLift3DSystem(pl.LightningModule, Updateable):
         return optimizer
 
     # ------------------------------------------------------------------ outputs
-    def set_save_dir(self, path: str | Path) -> None:
-        self._save_dir = Path(path)
-
-    def save_path(self, relative: str) -> Path:
-        """`<trial>/save/<relative>`, its parent folder created."""
-        if self._save_dir is None:
-            raise RuntimeError("save dir not set: launch.py sets it with set_save_dir(<trial>/save)")
-        path = self._save_dir / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
-
     def on_validation_batch_end(self, *args: Any, **kwargs: Any) -> None:
         if self.cfg.cleanup_after_validation_step:
             gc.collect()

@@ -52,3 +52,20 @@ def save_video_from_folder(folder: str | Path, out_path: str | Path, fps: int = 
     files = sorted(Path(folder).glob("*.png"), key=lambda p: int(p.stem) if p.stem.isdigit() else p.stem)
     frames = [np.asarray(Image.open(f).convert("RGB")) for f in files]
     return save_video(out_path, frames, fps=fps)
+
+
+class TrialSaveDir:
+    """Mixin of the systems that write into `<trial>/save` (launch.py calls `set_save_dir`)."""
+
+    _save_dir: "Path | None" = None
+
+    def set_save_dir(self, path: str | Path) -> None:
+        self._save_dir = Path(path)
+
+    def save_path(self, relative: str) -> Path:
+        """`<trial>/save/<relative>`, its parent folder created."""
+        if self._save_dir is None:
+            raise RuntimeError("save dir not set: launch.py sets it with set_save_dir(<trial>/save)")
+        path = self._save_dir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path

@@ -15,6 +15,15 @@ REPO = FAULTS.parents[1]
 DEFAULT_CONFIG = "configs/reconstruct-nerf.yaml"
 CKPT_KINDS = ("empty", "truncated", "random", "not-a-dict", "no-state", "newer-format", "other-config")
 
+# the reconstruct-nerf run every fault test and benchmark stops or breaks: tiny frames, few samples
+RUN_CONFIG = "configs/reconstruct-nerf.yaml"
+TINY_RUN = [
+    "data.width=16", "data.height=16", "data.eval_width=16", "data.eval_height=16",
+    "data.n_val_views=1", "data.n_test_views=1", "system.renderer.num_samples_per_ray=16",
+    "system.geometry.isosurface_resolution=16", "trainer.val_check_interval=1000",
+    "trainer.log_every_n_steps=1", "checkpoint.every_n_train_steps=5", "trainer.enable_progress_bar=false",
+]
+
 
 def load_cases() -> list[dict]:
     with open(FAULTS / "cases.yaml") as fp:
