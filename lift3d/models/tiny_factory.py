@@ -336,8 +336,49 @@ def make_tiny_controlnet(out_dir: PathLike, sd_folder: PathLike, seed: int = 0) 
     return out
 
 
+def write_t5_tokenizer(folder: Path, words=_VOCAB_WORDS) -> None:
+    """A T5-style tokenizer folder (Unigram over whole words "▁<word>", then characters; </s> appended;
+    <pad>=0, </s>=1, <unk>=2 as in T5's vocab) written as tokenizer.json + tokenizer_config.json with
+    the `tokenizers` library, so no sentencepiece is needed; `AutoTokenizer.from_pretrained` loads it."""
+    import string
+
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, processors
+    from tokenizers.models import Unigram
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    pieces += [("\u2581" + w, -5.0) for w in dict.fromkeys(words)]  # a whole word beats its characters
+    pieces += [("\u2581", -8.0)] + [(c, -10.0) for c in string.ascii_letters + string.digits + string.punctuation]
+    tokenizer = Tokenizer(Unigram(pieces, unk_id=2, byte_fallback=False))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)
+    tokenizer.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                             special_tokens=[("</s>", 1)])
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    special = {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+    config = {"tokenizer_class": "T5Tokenizer", "model_max_length": TEXT_MAX_LENGTH, "extra_ids": 0,
+              "additional_special_tokens": [], **special}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
+
+
+def write_tiny_t5(out: Path, width: int, seed: int) -> None:
+    """IF's text side in its folder layout: `text_encoder/` (a 1-layer T5EncoderModel of d_model `width`,
+    gated-GELU like T5 v1.1) and `tokenizer/` (write_t5_tokenizer)."""
+    import torch
+    from transformers import T5Config, T5EncoderModel
+
+    write_t5_tokenizer(out / "tokenizer")
+    vocab_size = len(json.loads((out / "tokenizer" / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        encoder = T5EncoderModel(T5Config(vocab_size=vocab_size, d_model=width, d_kv=8, d_ff=2 * width, num_layers=1,
+                                          num_heads=2, feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1))
+    encoder.save_pretrained(out / "text_encoder")
+
+
 def make_tiny_deepfloyd_if(out_dir: PathLike, seed: int = 0) -> Path:
-    """A DeepFloyd/IF-I-XL-v1.0-shaped folder (unet + scheduler) with random weights: 16² RGB pixels,
+    """A DeepFloyd/IF-I-XL-v1.0-shaped folder (unet, scheduler, text_encoder, tokenizer) with random weights: 16² RGB pixels,
     6 output channels (noise, variance), text embeddings [B,77,16] (a tiny T5 width) projected by
     `encoder_hid_proj`; IF's cosine schedule with learned-range variance."""
     import json
@@ -357,8 +398,10 @@ def make_tiny_deepfloyd_if(out_dir: PathLike, seed: int = 0) -> Path:
     unet.save_pretrained(out / "unet")
     DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", variance_type="learned_range",
                   prediction_type="epsilon").save_pretrained(out / "scheduler")
+    write_tiny_t5(out, width=16, seed=seed)  # text_encoder/ + tokenizer/ (deep-floyd-prompt-processor)
     index = {"_class_name": "IFPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
-             "scheduler": ["diffusers", "DDPMScheduler"]}
+             "scheduler": ["diffusers", "DDPMScheduler"],
+             "text_encoder": ["transformers", "T5EncoderModel"], "tokenizer": ["transformers", "T5Tokenizer"]}
     (out / "model_index.json").write_text(json.dumps(index, indent=2))
     return out
 
