@@ -41,8 +41,6 @@ BUILTIN_MODULES = (
     "lift3d.prompt.deep_floyd",
     "lift3d.guidance.deep_floyd",
     "lift3d.systems.aliases",
-    "lift3d.systems.magic123",
-    "lift3d.systems.image_condition",
     "lift3d.materials.pbr",
     "lift3d.export.pbr_textures",
     "lift3d.renderers.neus_volume_renderer",
@@ -52,8 +50,6 @@ BUILTIN_MODULES = (
     "lift3d.gan.discriminator",
     "lift3d.gan.eg3d_datamodule",
     "lift3d.gan.gan_system",
-    "lift3d.guidance.vsd",
-    "lift3d.systems.prolificdreamer",
 )
 _builtins_loaded = False
 
