@@ -50,6 +50,8 @@ BUILTIN_MODULES = (
     "lift3d.gan.discriminator",
     "lift3d.gan.eg3d_datamodule",
     "lift3d.gan.gan_system",
+    "lift3d.guidance.vsd",
+    "lift3d.systems.prolificdreamer",
 )
 _builtins_loaded = False
 
