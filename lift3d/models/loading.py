@@ -5,7 +5,10 @@ Hugging Face id) into something `from_pretrained` can load without surprises, or
 ONE message that says what was looked for, where, and how to provide it. It never hangs on the
 network: the local folder and the local HF cache are checked first; the Hub is only asked when the
 environment is not offline (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE / DIFFUSERS_OFFLINE), after a
-connectivity probe with a short timeout, and every network step runs under a deadline.
+connectivity probe with a short timeout, and every network step runs under a deadline. A model found
+on the Hub is downloaded into the HF cache right there (the files `from_pretrained` reads, see
+`files_to_download`), so a stalled or broken download is one error line before any trial folder is
+written, and loading afterwards reads a local folder.
 """
 
 from __future__ import annotations
@@ -188,8 +191,10 @@ def resolve_pretrained(
 
     Order: an existing local folder -> its absolute path; a Hub id in the local HF cache -> the cached
     snapshot folder (so later loading needs no network); otherwise, only when not offline and the Hub
-    answers within `network_timeout_s`, a Hub id holding the required files -> the id itself (the
-    caller's from_pretrained downloads it). Never blocks on the network for longer than a few timeouts.
+    answers within `network_timeout_s`, a Hub id holding the required files -> downloaded into the HF
+    cache (`files_to_download`), its snapshot folder; a failed or stalled download -> ModelNotFoundError
+    in one line. The lookup never blocks on the network for longer than a few timeouts; the download
+    ends when huggingface_hub's stall timeouts (HF_HUB_DOWNLOAD_TIMEOUT) give up.
     tiny_hint: how to make a tiny stand-in, for the message; None infers `--kind sd|zero123` from
         `what`, "" leaves the hint out.
     """
@@ -237,23 +242,81 @@ def resolve_pretrained(
         looked.append(f"the Hub ({endpoint}): {unreachable}")
         raise _error(name, what, required_files, looked, tiny_hint)
 
+    listing: list[str] = []
+
     def ask_hub() -> Optional[str]:
         from huggingface_hub import HfApi
 
         api = HfApi(endpoint=endpoint)
         if not api.repo_exists(name):
             return "no such repository (or it is private / gated: run `hf auth login`)"
-        absent = [f for f in required_files if not api.file_exists(name, f, revision=revision)]
+        listing.extend(s.rfilename for s in (api.model_info(name, revision=revision).siblings or []))
+        absent = [f for f in required_files if not _listed(listing, f)]
         return f"repository lacks {', '.join(absent)}" if absent else None
 
     try:
         problem = _with_deadline(ask_hub, network_timeout_s * 5)
     except Exception as exc:
         problem = f"request failed ({_describe(exc)})"
-    if problem is None:
-        return name
-    looked.append(f"the Hub ({endpoint}): {problem}")
-    raise _error(name, what, required_files, looked, tiny_hint)
+    if problem is not None:
+        looked.append(f"the Hub ({endpoint}): {problem}")
+        raise _error(name, what, required_files, looked, tiny_hint)
+    return _download(name, what, files_to_download(listing), cache, revision, endpoint)
 
 
-__all__ = ["ModelNotFoundError", "resolve_pretrained", "offline_from_env"]
+def _listed(listing: Sequence[str], path: str) -> bool:
+    """path (a file or a folder such as "tokenizer") is in the repo's file list."""
+    return any(f == path or f.startswith(path.rstrip("/") + "/") for f in listing)
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".msgpack", ".h5", ".onnx", ".onnx_data")
+
+
+def files_to_download(listing: Sequence[str]) -> list[str]:
+    """The files of a diffusers / transformers repo that `from_pretrained` reads: every small file
+    (configs, tokenizer vocabularies, indexes), and per folder the weights in one format (safetensors,
+    else bin), without variants (`*.fp16.*`, `*.non_ema.*`) and without the single-file checkpoints
+    kept beside a diffusers layout (a root `*.ckpt` / `*.safetensors` when subfolders hold weights)."""
+    small = [f for f in listing if not f.endswith(_WEIGHT_SUFFIXES)]
+    by_folder: dict[str, list[str]] = {}
+    for f in listing:
+        base = f.rsplit("/", 1)[-1]
+        if f.endswith((".safetensors", ".bin")) and base.count(".") == 1:  # no variant infix
+            by_folder.setdefault(f.rsplit("/", 1)[0] if "/" in f else "", []).append(f)
+    if any(folder for folder in by_folder):
+        by_folder.pop("", None)  # diffusers layout: root weights are a single-file copy of the model
+    weights = []
+    for files in by_folder.values():
+        safetensors = [f for f in files if f.endswith(".safetensors")]
+        weights += safetensors or files
+    return sorted(small + weights)
+
+
+def _download(name: str, what: str, files: list[str], cache: str, revision: Optional[str], endpoint: str) -> str:
+    """Downloads `files` of Hub repo `name` into the HF cache; the snapshot folder, or ModelNotFoundError
+    in one line when the download fails or stalls (huggingface_hub gives up after HF_HUB_DOWNLOAD_TIMEOUT
+    seconds without a byte, five times; its per-retry warnings are folded into this one message)."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.utils import logging as hf_logging
+
+    logger = hf_logging.get_logger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(max(level, 40))  # ERROR: "Trying to resume download..." five times is not news
+    try:
+        return snapshot_download(name, cache_dir=cache, revision=revision, allow_patterns=files, endpoint=endpoint)
+    except Exception as exc:  # httpx2 timeouts / protocol errors, HTTP errors, disk full
+        key = _config_key(what)
+        stalled = "timeout" in type(exc).__name__.lower()
+        why = (f"no data for {constants.HF_HUB_DOWNLOAD_TIMEOUT} s, 5 retries: the Hub or the network stalled; "
+               if stalled else "")
+        raise ModelNotFoundError(
+            f"{what}: downloading {name!r} from {endpoint} failed ({why}{_describe(exc)}). Run "
+            f"`hf download {name}` (it resumes; on a slow link with HF_HUB_DOWNLOAD_TIMEOUT=60) and start again, "
+            "or set " + (f"{key}=/path/to/folder" if key else "the config value to a local folder")
+            + " holding the model."
+        ) from None
+    finally:
+        logger.setLevel(level)
+
+
+__all__ = ["ModelNotFoundError", "files_to_download", "resolve_pretrained", "offline_from_env"]
