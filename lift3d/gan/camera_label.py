@@ -96,3 +96,12 @@ def orbit_labels(label: Tensor, n_frames: int, up: Tensor | None = None) -> Tens
         c2w[:3, 3] = rot @ cam2world[0, :3, 3]
         frames.append(make_label(c2w[None], k))
     return torch.cat(frames, 0)
+
+
+def look_at_labels(elevation_deg: Tensor, azimuth_deg: Tensor, distance: Tensor, fov_y_deg: float) -> Tensor:
+    """[N,25] labels of cameras on a sphere looking at the origin (lift3d's z-up spherical convention,
+    docs/methods/threestudio-conventions.md), e.g. to render a source generator at sampled cameras."""
+    from lift3d.data.cameras import look_at_c2w, spherical_to_cartesian
+
+    c2w = look_at_c2w(spherical_to_cartesian(elevation_deg, azimuth_deg, distance))  # [N,4,4] OpenGL
+    return make_label(opengl_to_opencv_c2w(c2w), normalized_intrinsics(fov_y_deg, elevation_deg.shape[0]))

@@ -10,8 +10,13 @@ One call for both, `generate_images(model, text, uncond, images, depth, strength
 t_start = round(strength · 999) (lift3d.models.ddim; at strength 1 from pure noise, the source image
 unused), classifier-free guidance (lift3d.models.cfg), one noise generator per seed (a sample does not
 depend on its batch). Each output keeps the camera label of the render it came from (the caller's
-`labels[i]`). Not here yet: PODIA-3D's fine-tuned pose-preserved model and its specialised-to-general
-switch, text-guided debiasing, CLIP / pose filtering (docs/gan.md, "Not done yet").
+`labels[i]`).
+
+PODIA-3D's specialized-to-general sampling (docs/methods/podia3d.md §"Step 3"): given `specialized`
+(the pose-preserved model of lift3d.gan.pose_preserved_model) and `switch_timestep` s, every DDIM step
+at t >= s asks `specialized` for ε and every step at t < s asks `model` (the general one): the high-
+noise steps fix the layout (pose) from depth, the low-noise ones paint the target domain. One text
+embedding per sample lets a debiasing prompt list (lift3d.gan.debias) vary across the batch.
 """
 from __future__ import annotations
 
@@ -57,12 +62,14 @@ def depth_conditioning(model: Any, depth: Optional[Tensor], image_size: tuple[in
 def generate_images(model: Any, text_embeddings: Tensor, uncond_embeddings: Tensor, images: Optional[Tensor] = None,
                     depth: Optional[Tensor] = None, strength: float = 1.0, num_steps: int = 50,
                     guidance_scale: float = 7.5, seeds: Optional[Sequence[int]] = None,
-                    image_size: Optional[tuple[int, int]] = None) -> Tensor:
+                    image_size: Optional[tuple[int, int]] = None, specialized: Any = None,
+                    switch_timestep: int = 0) -> Tensor:
     """-> images [N,3,H,W] in [0,1].
 
     text / uncond embeddings [N|1,77,D]; images [N,3,H,W] in [0,1] (the source renders, needed when
     strength < 1); depth [N,1,h,w] (ray distance); seeds: one per output (default 0..N-1); image_size:
-    (H, W) when no images are given (default: the model's native resolution)."""
+    (H, W) when no images are given (default: the model's native resolution); specialized: a model of the
+    same layout and schedule used for the steps at t >= switch_timestep (`model` for the others)."""
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength {strength} must lie in [0, 1] (1: from pure noise; DATID-3D's SDEdit uses 0.7)")
     n = images.shape[0] if images is not None else depth.shape[0] if depth is not None else len(seeds or [])
@@ -86,9 +93,14 @@ def generate_images(model: Any, text_embeddings: Tensor, uncond_embeddings: Tens
     text = text_embeddings.to(device).expand(n, -1, -1)
     uncond = uncond_embeddings.to(device).expand(n, -1, -1)
 
+    if specialized is not None and not torch.allclose(specialized.alphas_cumprod, model.alphas_cumprod, atol=1e-6):
+        raise ValueError("the specialized and the general model must share one noise schedule (one latent serves both)")
+
     def eps_fn(z_t: Tensor, t: Tensor) -> Tensor:
         doubled = {k: torch.cat([v, v]) for k, v in conditioning.items()}
-        eps = model.predict_noise(torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([uncond, text]), **doubled)
+        use_specialized = specialized is not None and int(t[0]) >= switch_timestep
+        denoiser = specialized if use_specialized else model
+        eps = denoiser.predict_noise(torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([uncond, text]), **doubled)
         eps_uncond, eps_cond = eps.chunk(2)
         return classifier_free_guidance(eps_uncond, eps_cond, guidance_scale)
 

@@ -40,6 +40,7 @@ from lift3d.gan.mesh_export import EXPORT_FORMATS, export_triplane_mesh
 from lift3d.gan.triplane_generator import TriPlaneGenerator
 from lift3d.registry import find, register
 from lift3d.utils.base import Updateable, component_label
+from lift3d.utils.distributed import gather_cat
 from lift3d.utils.saving import TrialSaveDir, image_row, save_image, save_video_from_folder
 
 
@@ -76,11 +77,19 @@ class GANSystem(TrialSaveDir, pl.LightningModule, Updateable):
         sample_seed: int = 0
         sample_views: int = 4  # views per latent in the sample grid
         sample_every_n_steps: int = 100  # 0: never during training
+        # FID/KID of G_ema samples vs real images every N steps (0: never), logged as val/fid, val/kid
+        # (lift3d/gan/fid_kid.py): Inception features with torch-fidelity/clean-fid + weights, else toy features
+        metrics_every_n_steps: int = 0
+        metrics_n_images: int = 64
+        metrics_features: str = "auto"  # auto | inception | toy
         truncation_psi: float = 1.0  # of samples, turntables and exports
         export_latent: int = 0
         export_resolution: int = 64
         export_level: float = 10.0  # density σ of the exported surface
         export_formats: List[str] = field(default_factory=lambda: ["obj", "glb"])
+        # adaptation (PODIA-3D / DATID-3D, docs/methods/podia3d.md): start G, G_ema (and D, from a .ckpt) from a
+        # trained source GAN: a gan-system <trial>/ckpts/last.ckpt or a save_generator .pt; "" = random init
+        init_from: str = ""
 
     # ------------------------------------------------------------------ validation (before work)
     @classmethod
@@ -104,7 +113,14 @@ class GANSystem(TrialSaveDir, pl.LightningModule, Updateable):
                     "export_resolution"):
             if parsed[key] < 1:
                 raise ConfigError(f"{path}.{key} = {parsed[key]} must be >= 1.")
-        for key in ("r1_gamma", "density_reg", "lr_g", "lr_d", "ema_images", "sample_every_n_steps"):
+        from lift3d.gan.fid_kid import FEATURE_KINDS
+
+        if parsed.metrics_features not in FEATURE_KINDS:
+            raise ConfigError(f"{path}.metrics_features = '{parsed.metrics_features}': use one of {', '.join(FEATURE_KINDS)}.")
+        if parsed.metrics_n_images < 2:
+            raise ConfigError(f"{path}.metrics_n_images = {parsed.metrics_n_images} must be >= 2 (FID/KID compare sets).")
+        for key in ("r1_gamma", "density_reg", "lr_g", "lr_d", "ema_images", "sample_every_n_steps",
+                    "metrics_every_n_steps"):
             if parsed[key] < 0:
                 raise ConfigError(f"{path}.{key} = {parsed[key]} must be >= 0.")
         for key in ("camera_swap_prob", "ada_p", "ada_target"):
@@ -118,6 +134,9 @@ class GANSystem(TrialSaveDir, pl.LightningModule, Updateable):
         bad = [f for f in parsed.export_formats if f not in EXPORT_FORMATS]
         if bad or not parsed.export_formats:
             raise ConfigError(f"{path}.export_formats = {list(parsed.export_formats)}: use some of {', '.join(EXPORT_FORMATS)}.")
+        if parsed.init_from and not resumed and not Path(parsed.init_from).is_file():
+            raise ConfigError(f"{path}.init_from = '{parsed.init_from}' not found: give the source GAN's "
+                              f"<trial>/ckpts/last.ckpt or a save_generator file (load/gan/*.pt).")
         return parsed
 
     # ------------------------------------------------------------------ construction
@@ -128,6 +147,10 @@ class GANSystem(TrialSaveDir, pl.LightningModule, Updateable):
         self.G = find(self.cfg.generator_type)(self.cfg.generator)
         self.D = find(self.cfg.discriminator_type)(self.cfg.discriminator)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        if self.cfg.init_from and not resumed:
+            from lift3d.gan.pretrained import load_initial_weights
+
+            load_initial_weights(self, self.cfg.init_from)
         self.augment = DifferentiableAugment(self.cfg.ada_p, self.cfg.ada_target, self.cfg.ada_speed_images,
                                              self.cfg.ada_adaptive)
         g = torch.Generator().manual_seed(self.cfg.sample_seed)
@@ -172,7 +195,7 @@ class GANSystem(TrialSaveDir, pl.LightningModule, Updateable):
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
         def adam(params, lr: float, interval: int) -> torch.optim.Adam:
-            ratio = interval / (interval + 1)  # StyleGAN2's lazy-regularisation correction
+            ratio = interval / (interval + 1) if interval > 0 else 1.0  # StyleGAN2's lazy-regularisation correction
             return torch.optim.Adam(params, lr=lr * ratio, betas=tuple(b**ratio for b in self.cfg.betas), eps=1e-8)
 
         g_interval = self.cfg.density_reg_interval if self.cfg.density_reg > 0 else 0
@@ -203,7 +226,7 @@ class GANSystem(TrialSaveDir, pl.LightningModule, Updateable):
         c_gen = self.sample_labels(b)
         swap = torch.rand(b, 1, device=self.device) < cfg.camera_swap_prob
         c_cond = torch.where(swap, self.sample_labels(b), c_gen)
-        z = torch.randn(b, self.G.z_dim, device=self.device)
+        z = self.draw_latents(b)
         fake = self.G(z, c_gen, c_cond, perturb=True, update_w_avg=True)
         loss_g = generator_loss(self.discriminate(fake["image"], fake["image_raw"], c_gen))
         loss_g_total = loss_g
@@ -216,12 +239,14 @@ class GANSystem(TrialSaveDir, pl.LightningModule, Updateable):
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss_g_total)
         opt_g.step()  # counted: global_step = G steps
-        update_ema(self.G_ema, self.G, ema_beta(b, cfg.ema_images, (step + 1) * b, cfg.ema_rampup))
+        # several processes (docs/distributed.md): one step trains on world_size × b images
+        b_all = b * (self.trainer.world_size if self._trainer is not None else 1)
+        update_ema(self.G_ema, self.G, ema_beta(b_all, cfg.ema_images, (step + 1) * b_all, cfg.ema_rampup))
         self.D.requires_grad_(True)
 
         # ---- discriminator
         with torch.no_grad():
-            fake = self.G(torch.randn(b, self.G.z_dim, device=self.device), c_gen, c_cond, perturb=True)
+            fake = self.G(self.draw_latents(b), c_gen, c_cond, perturb=True)
         do_r1 = cfg.r1_gamma > 0 and step % cfg.r1_interval == 0
         real_in = real.detach().requires_grad_(do_r1)
         real_logits = self.discriminate(real_in, self.real_raw(real_in), c_real)
@@ -235,7 +260,7 @@ class GANSystem(TrialSaveDir, pl.LightningModule, Updateable):
         opt_d.zero_grad(set_to_none=True)
         self.manual_backward(loss_d_total)
         opt_d.optimizer.step()  # the raw optimizer: Lightning counts only G steps in global_step
-        self.augment.adjust(real_logits.detach())
+        self.augment.adjust(gather_cat(real_logits.detach()))  # every rank's logits: one p on all ranks
 
         self.log("train/loss_g", loss_g.detach(), prog_bar=True, batch_size=b)
         self.log("train/loss_d", loss_d.detach(), prog_bar=True, batch_size=b)
@@ -243,8 +268,45 @@ class GANSystem(TrialSaveDir, pl.LightningModule, Updateable):
         self.log("train/logits_fake", fake_logits.detach().mean(), batch_size=b)
         self.log("train/ada_p", self.augment.p.detach(), batch_size=b)
         done = step + 1
-        if cfg.sample_every_n_steps > 0 and done % cfg.sample_every_n_steps == 0 and self._save_dir is not None:
+        if (cfg.sample_every_n_steps > 0 and done % cfg.sample_every_n_steps == 0 and self._save_dir is not None
+                and self.global_rank == 0):  # one writer of the sample grid
             self.save_samples(done)
+        if cfg.metrics_every_n_steps > 0 and done % cfg.metrics_every_n_steps == 0 and self.global_rank == 0:
+            self.log_metrics(done)
+
+    def draw_latents(self, n: int) -> Tensor:
+        """z ~ N(0, I) [n, z_dim] for a training step (each rank draws its own, docs/distributed.md)."""
+        return torch.randn(n, self.G.z_dim, device=self.device)
+
+    @torch.no_grad()
+    def log_metrics(self, step: int) -> dict:
+        """FID/KID (lift3d/gan/fid_kid.py) of `metrics_n_images` G_ema samples (fixed latents and cameras
+        drawn from `sample_seed`) against as many dataset images; logged as val/fid, val/kid, val/kid_std."""
+        from lift3d.gan.fid_kid import feature_extractor, fid_kid
+
+        n = self.cfg.metrics_n_images
+        dataset = self.trainer.datamodule.train_dataset
+        picked = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.cfg.sample_seed))[:n]
+        real = torch.stack([dataset[int(i)]["image"] for i in picked])  # [n,3,R,R] in [-1,1]
+        g = torch.Generator().manual_seed(self.cfg.sample_seed + 1)
+        labels = self.dataset_labels()
+        fakes = []
+        for start in range(0, len(picked), 8):
+            k = min(8, len(picked) - start)
+            z = torch.randn(k, self.G.z_dim, generator=g).to(self.device)
+            c = labels[torch.randint(len(labels), (k,), generator=g).to(labels.device)]
+            fakes.append(self.G_ema(z, c, c, truncation_psi=1.0)["image"].cpu())
+        if not hasattr(self, "_metric_extractor"):
+            self._metric_extractor = feature_extractor(self.cfg.metrics_features, self.device)
+        scores = fid_kid(real, torch.cat(fakes), extractor=self._metric_extractor)
+        for key in ("fid", "kid", "kid_std"):
+            self.log(f"val/{key}", scores[key], batch_size=len(picked), rank_zero_only=True)
+        path = self.save_path("metrics.csv")
+        if not path.is_file():
+            path.write_text("step,features,fid,kid,kid_std\n")
+        with open(path, "a") as fp:
+            fp.write(f"{step},{scores['features']},{scores['fid']:.6g},{scores['kid']:.6g},{scores['kid_std']:.6g}\n")
+        return scores
 
     # ------------------------------------------------------------------ what users look at
     @torch.no_grad()
