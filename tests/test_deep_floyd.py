@@ -81,6 +81,23 @@ def test_missing_if_folder_is_one_clear_config_error(tmp_path):
             cls.validate_config(cfg)
 
 
+def test_sentencepiece_only_tokenizer_without_the_package_is_a_config_error(tiny_if, tmp_path, monkeypatch):
+    """DeepFloyd's published tokenizer/ is a bare spiece.model: without sentencepiece, one line before any work."""
+    import importlib.util
+    import shutil
+
+    folder = shutil.copytree(tiny_if, tmp_path / "if-spiece")
+    (folder / "tokenizer/tokenizer.json").unlink()
+    (folder / "tokenizer/spiece.model").write_bytes(b"\x00")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sentencepiece" else real_find_spec(name, *a))
+    cls = find("deep-floyd-prompt-processor")
+    cfg = OmegaConf.structured(cls.Config(pretrained_model_name_or_path=str(folder), prompt="a cat"))
+    with pytest.raises(ConfigError, match=r"spiece.model.*pip install sentencepiece"):
+        cls.validate_config(cfg)
+    cls.validate_config(OmegaConf.structured(cls.Config(pretrained_model_name_or_path=str(tiny_if), prompt="a cat")))
+
+
 # ------------------------------------------------------------------ guidance
 def test_if_sds_gradient_is_w_times_guided_noise_half_minus_noise(tiny_if, prompt_utils):
     """d loss_sds / d image = 2 w(t) (eps_c + s (eps_c - eps_u) - eps) / B, with eps_c, eps_u the first 3 of

@@ -43,12 +43,28 @@ def load_t5_tokenizer(model_path: str) -> Any:
 
     try:
         return AutoTokenizer.from_pretrained(model_path, subfolder="tokenizer")
-    except (ImportError, ValueError, OSError) as exc:
+    except (ImportError, ValueError, OSError, RuntimeError, TypeError) as exc:
         raise ConfigError(
             f"{KEY}: cannot read the T5 tokenizer in '{model_path}/tokenizer' ({type(exc).__name__}: "
             f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}). A tokenizer given as spiece.model "
             f"needs `pip install sentencepiece`; otherwise the folder is incomplete: download it again."
         ) from None
+
+
+def check_tokenizer_readable(model_path: str, path: str = KEY) -> None:
+    """ConfigError before any work when the folder's tokenizer is only a SentencePiece model (DeepFloyd's
+    published tokenizer/spiece.model) and the `sentencepiece` package that reads it is not installed."""
+    import importlib.util
+    import os
+
+    folder = os.path.join(model_path, "tokenizer")
+    if not os.path.isdir(folder) or os.path.isfile(os.path.join(folder, "tokenizer.json")):
+        return
+    if os.path.isfile(os.path.join(folder, "spiece.model")) and importlib.util.find_spec("sentencepiece") is None:
+        raise ConfigError(
+            f"{path}.pretrained_model_name_or_path: the T5 tokenizer in '{folder}' is a SentencePiece model "
+            f"(spiece.model), which needs the sentencepiece package: pip install sentencepiece."
+        )
 
 
 @torch.no_grad()
@@ -83,7 +99,8 @@ class DeepFloydPromptProcessor(StableDiffusionPromptProcessor):
     @classmethod
     def validate_config(cls, cfg: Any, path: str = KEY) -> None:
         # the IF folder first, so that a missing one is named as IF's (the SD checks then find it)
-        resolve_model(cfg.pretrained_model_name_or_path, if_text_encoder_what(path), IF_TEXT_FILES)
+        model_path = resolve_model(cfg.pretrained_model_name_or_path, if_text_encoder_what(path), IF_TEXT_FILES)
+        check_tokenizer_readable(model_path, path)
         super().validate_config(cfg, path)
 
     def encode_prompts(self, prompts: list[str]) -> Tensor:
@@ -91,4 +108,5 @@ class DeepFloydPromptProcessor(StableDiffusionPromptProcessor):
         return encode_t5_prompts(self.model_path, prompts)
 
 
-__all__ = ["DeepFloydPromptProcessor", "IF_TEXT_FILES", "T5_MAX_LENGTH", "encode_t5_prompts", "load_t5_tokenizer"]
+__all__ = ["DeepFloydPromptProcessor", "IF_TEXT_FILES", "T5_MAX_LENGTH", "check_tokenizer_readable", "encode_t5_prompts",
+           "load_t5_tokenizer"]
