@@ -27,7 +27,9 @@ from pathlib import Path
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="path to the experiment YAML")
-    parser.add_argument("--gpu", default="0", help="GPU index (sets CUDA_VISIBLE_DEVICES unless already set)")
+    parser.add_argument("--gpu", default=None,
+                        help="GPU index, or indices 0,1 for one run on several GPUs (sets CUDA_VISIBLE_DEVICES unless "
+                             "already set; trainer.devices defaults to their number; docs/distributed.md)")
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--train", action="store_true")
     group.add_argument("--validate", action="store_true")
@@ -89,11 +91,17 @@ def main(argv: list[str]) -> int:
             import traceback
 
             traceback.print_exc()
+        from lift3d.utils.distributed import peer_failure_note, rank_tag
+
+        note = peer_failure_note(exc)  # several processes: another rank's failure, printed by that rank
+        if note is not None:
+            print(note, file=sys.stderr)
+            return 1
         if isinstance(exc, Lift3DError):  # user errors 2, faults during a run 3
-            print(f"lift3d: error: {exc}", file=sys.stderr)
+            print(f"lift3d: error{rank_tag()}: {exc}", file=sys.stderr)
             return 3 if isinstance(exc, RunFault) else 2
         reason = " ".join(str(exc).split())[:500]
-        print(f"lift3d: internal error: {type(exc).__name__}: {reason} (LIFT3D_DEBUG=1 shows the traceback)",
+        print(f"lift3d: internal error{rank_tag()}: {type(exc).__name__}: {reason} (LIFT3D_DEBUG=1 shows the traceback)",
               file=sys.stderr)
         return 1
 
@@ -141,6 +149,13 @@ def _run(args: argparse.Namespace, extras: list[str], stopper) -> int:
     check_memory, extras = memory_check.pop_switch(extras)  # memory_check=false skips the check below
     cfg = load_config(args.config, cli_args=extras)
     validate_experiment(cfg, fitting=args.train, cli_args=extras)  # every section checked before any work starts
+    # several processes (trainer.devices x trainer.num_nodes > 1): Lightning DDP, docs/distributed.md
+    from lift3d.utils import distributed
+
+    if args.gpu and "," in args.gpu and "devices" not in cfg.trainer:  # --gpu 0,1: one process per listed GPU
+        cfg.trainer.devices = len([g for g in args.gpu.split(",") if g.strip()])
+    trainer_plan = distributed.plan(OmegaConf.to_container(cfg.trainer, resolve=True), fitting=args.train)
+    rank = distributed.start_rank(distributed.devices_per_node(trainer_plan))
     trial_paths(cfg, args)
     resume_ckpt = read_checkpoint(cfg.resume, "resume") if cfg.resume else None  # empty/truncated/foreign: exit 2
     # pre-flight memory estimate (lift3d/memory_check.py): before any model is loaded or folder written
@@ -160,16 +175,26 @@ def _run(args: argparse.Namespace, extras: list[str], stopper) -> int:
 
     if args.train and isinstance(system, BaseLift3DSystem):
         check_param_groups(system, system.cfg.optimizer)  # group names, before any diffusion model loads
-    if args.train and not cfg.resume:  # a new trial folder, never shared with a run started beside this one
-        trial = reserve_trial_dir(cfg.exp_dir, cfg.trial_name)
+    if args.train and not cfg.resume and rank == 0:  # a new trial folder, never shared with a run beside this one
+        trial = reserve_trial_dir(cfg.exp_dir, cfg.trial_name)  # (ranks > 0 learn it from rank 0: RunOnRanks)
         cfg.trial_name, cfg.trial_dir = trial.name, str(trial)
     stopper.ckpt_dir = trial / "ckpts"
-    if args.train and cfg.resume:
+    if args.train and cfg.resume and rank == 0:
         clean_stale_tmp(trial / "ckpts")  # .tmp files of checkpoint writes killed mid-way
     system.set_save_dir(trial / "save")
 
     callbacks: list = [stopper]
     loggers: list = []
+    several = distributed.process_count(trainer_plan) > 1
+    if several:  # first: its end-of-step stop agreement runs before the stopper's save
+
+        def use_trial(agreed: Path) -> None:  # rank 0's folder, on every rank
+            nonlocal trial
+            trial = agreed
+            stopper.ckpt_dir = agreed / "ckpts"
+            system.set_save_dir(agreed / "save")
+
+        callbacks.insert(0, distributed.RunOnRanks(trial, stopper, use_trial))
     if cfg.trainer.get("enable_progress_bar", True):
         from lift3d.utils.progress import StepProgressBar
 
@@ -178,6 +203,12 @@ def _run(args: argparse.Namespace, extras: list[str], stopper) -> int:
         from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
         from pytorch_lightning.loggers import TensorBoardLogger
 
+        checkpoint_args = {"save_last": True, "every_n_train_steps": 500, "save_top_k": -1,
+                           "enable_version_counter": False}
+        checkpoint_args.update(OmegaConf.to_container(cfg.checkpoint, resolve=True))
+    if args.train and rank > 0:  # checkpoints are written by rank 0 (ModelCheckpoint takes its folder)
+        callbacks.append(ModelCheckpoint(dirpath=str(trial / "ckpts"), **checkpoint_args))
+    elif args.train:
         (trial / "configs").mkdir(parents=True, exist_ok=True)
         dump_config(trial / "configs" / "parsed.yaml", cfg)
         raw = OmegaConf.merge(OmegaConf.load(args.config), OmegaConf.from_dotlist(extras))
@@ -185,9 +216,6 @@ def _run(args: argparse.Namespace, extras: list[str], stopper) -> int:
         with open(trial / "cmd.txt", "a") as fp:
             fp.write("python " + " ".join([sys.argv[0]] + list(sys.argv[1:])) + "\n")
         # no "last-v1.ckpt" when a resumed run saves again: last.ckpt is always the newest
-        checkpoint_args = {"save_last": True, "every_n_train_steps": 500, "save_top_k": -1,
-                           "enable_version_counter": False}
-        checkpoint_args.update(OmegaConf.to_container(cfg.checkpoint, resolve=True))
         callbacks.append(ModelCheckpoint(dirpath=str(trial / "ckpts"), **checkpoint_args))
         # a resumed run purges the TensorBoard events logged after its checkpoint (they are re-done)
         tb_args = {"purge_step": resume_step} if resume_step is not None else {}
@@ -195,9 +223,13 @@ def _run(args: argparse.Namespace, extras: list[str], stopper) -> int:
             TensorBoardLogger(str(trial), name="tb_logs", version="", **tb_args),
             ResumableCSVLogger(str(trial / "csv_logs"), resume_step=resume_step),
         ]
+        from lift3d.compat.loggers import build_loggers
+
+        # threestudio's system.loggers (wandb; `enable: false` starts none): lift3d/compat/loggers.py
+        loggers += build_loggers(cfg.system.get("loggers"), trial, cfg.trial_name)
         callbacks.append(LearningRateMonitor(logging_interval="step"))
 
-    trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_args = trainer_plan  # cfg.trainer, with a DDP strategy when several processes run
     trainer_args.setdefault("accelerator", "gpu" if torch.cuda.is_available() else "cpu")
     trainer_args.setdefault("devices", 1)
     trainer_args.setdefault("num_sanity_val_steps", 0)
@@ -221,11 +253,20 @@ def _run(args: argparse.Namespace, extras: list[str], stopper) -> int:
         except SystemExit:  # Lightning's SIGTERMException after the stop below
             if not stopper.interrupted:
                 raise
+        if stopper.interrupted and trainer.global_rank > 0:
+            return 128 + int(stopper.signum)
         if stopper.interrupted:
             saved = f"saved {stopper.saved} (step {stopper.saved_step})" if stopper.saved else "nothing new was saved"
             print(f"lift3d: interrupted by {stopper.signal_name()}; {saved}. Resume with:\n  {resume_hint(trial)}",
                   file=sys.stderr)
             return 128 + int(stopper.signum)
+        if several:  # the test pass (frames, videos) on rank 0 alone, on one device
+            if trainer.global_rank > 0:
+                return 0
+            if hasattr(system, "_loaded_global_step"):  # the new trainer starts at step 0: name outputs by the fit's
+                system._loaded_global_step = int(trainer.global_step)
+            trainer = distributed.single_device_trainer(trainer_args, callbacks, loggers, [AtomicCheckpointIO()],
+                                                        str(trial))
         trainer.test(system, datamodule=datamodule)
     elif args.validate:
         trainer.validate(system, datamodule=datamodule, ckpt_path=ckpt)

@@ -52,6 +52,7 @@ from lift3d.utils import rng_state
 from lift3d.utils.base import Updateable, component_label
 from lift3d.utils.fault_inject import fault_args
 from lift3d.utils.checkpointing import DIGEST_KEY, FORMAT_KEY, FORMAT_VERSION, config_digest, read_checkpoint
+from lift3d.utils.distributed import PeerFailed, all_ranks_true, decorrelate_rng, injected_rank_nan
 from lift3d.utils.saving import TrialSaveDir
 from lift3d.utils.schedule import C
 
@@ -141,18 +142,12 @@ class BaseLift3DSystem(TrialSaveDir, pl.LightningModule, Updateable):
         if parsed.nonfinite_skip_steps < 0:
             raise ConfigError(f"{path}.nonfinite_skip_steps = {parsed.nonfinite_skip_steps} is negative: use 0 (stop at the first) or more.")
         if parsed.geometry_convert_from and not resumed:
-            from lift3d.systems.stage_chain import previous_stage_config, resolve_checkpoint
+            from lift3d.systems.stage_chain import check_convertible, resolve_checkpoint
 
             key = f"{path}.geometry_convert_from"
             ckpt = resolve_checkpoint(parsed.geometry_convert_from, exp_root_dir, key)
             read_checkpoint(ckpt, key)  # empty / truncated / foreign: a clear error now, not at construction
-            prev = previous_stage_config(ckpt, key)
-            target = find(parsed.geometry_type)
-            if not target.can_convert_from(prev.system.geometry_type):
-                raise ConfigError(
-                    f"{key}: a '{prev.system.geometry_type}' geometry (from {ckpt}) "
-                    f"cannot be converted into '{parsed.geometry_type}'."
-                )
+            check_convertible(ckpt, parsed.geometry_type, key)  # both geometry types and the fix
         return parsed
 
     # ------------------------------------------------------------------ construction
@@ -262,6 +257,7 @@ class BaseLift3DSystem(TrialSaveDir, pl.LightningModule, Updateable):
         if self._rng_to_restore is not None:  # first step of a resumed run: continue the saved sequences
             rng_state.restore(self._rng_to_restore)
             self._rng_to_restore = None
+            decorrelate_rng(self.global_rank)  # several processes: the checkpoint holds rank 0's sequences
         self._update_all()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -288,15 +284,22 @@ class BaseLift3DSystem(TrialSaveDir, pl.LightningModule, Updateable):
         if injected and int(injected[0]) == self.true_global_step and f"loss_{injected[1]}" in terms:
             terms[f"loss_{injected[1]}"] = terms[f"loss_{injected[1]}"] * float("nan")
             loss = loss * float("nan")
-        if bool(torch.isfinite(loss.detach()).all()):
+        if injected_rank_nan(self.global_rank, self.true_global_step):  # LIFT3D_FAULT_INJECT=rank-fault:<r>:<step>:nan
+            loss = loss * float("nan")
+        finite_here = bool(torch.isfinite(loss.detach()).all())
+        # several processes skip (or stop) together: a rank skipping alone would leave the others
+        # waiting in the gradient all-reduce
+        if all_ranks_true(finite_here, loss.device):
             return loss
-        bad = "loss (the weighted sum)"
+        bad = "loss (the weighted sum)" if not finite_here else "the loss of another rank"
         for name, value in terms.items():
             if name.startswith("loss_") and lambdas.get(name[len("loss_"):], 0.0) > 0.0 and torch.is_tensor(value):
                 if not bool(torch.isfinite(value.detach()).all()):
                     bad = f"{name} (weight system.loss.lambda_{name[len('loss_'):]})"
                     break
         self._nonfinite_skipped += 1
+        if finite_here and self._nonfinite_skipped > self.cfg.nonfinite_skip_steps:
+            raise PeerFailed(f"step {self.true_global_step}: another rank's loss is not finite")  # it says which
         if self._nonfinite_skipped <= self.cfg.nonfinite_skip_steps:
             import logging
 

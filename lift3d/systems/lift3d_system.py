@@ -88,7 +88,7 @@ class Lift3DSystem(BaseLift3DSystem):
                           **ref_kwargs)
         )
         evaluation = terms.pop("guidance_eval", None)  # image grid [H, W, 3] from a diffusion guidance
-        if evaluation is not None and self._save_dir is not None:
+        if evaluation is not None and self._save_dir is not None and self.global_rank == 0:  # one writer (DDP)
             save_image(self.save_path(f"it{self.true_global_step}-guidance.png"), evaluation)
         terms.update(compute_regularizers(out, lambdas))
         if "random_camera" in batch:
