@@ -1,5 +1,5 @@
 """FID and KID of generated vs real images, on Inception features when a package and its weights are
-present, on fixed toy features otherwise (docs/gan.md, "Metrics").
+present, on fixed toy features otherwise (docs/distributed.md, "GAN metrics").
 
 - FID (Heusel et al. 2017, arXiv 1706.08500): the Fréchet distance between Gaussians fitted to the
   two feature sets, |μ1 - μ2|² + tr(Σ1 + Σ2 - 2 (Σ1 Σ2)^½).
