@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from lift3d.errors import ConfigError
 
@@ -79,7 +79,46 @@ def previous_stage_config(ckpt: Path, key: str = "system.geometry_convert_from")
             f"{key}: '{ckpt}' has no config beside it (looked for {cfg_path}); "
             f"stage chaining needs the previous trial folder as launch.py wrote it."
         )
-    return OmegaConf.load(cfg_path)
+    try:
+        prev = OmegaConf.load(cfg_path)
+    except Exception as exc:  # a damaged or hand-edited file
+        raise ConfigError(f"{key}: cannot read the previous stage's config {cfg_path} ({type(exc).__name__}: "
+                          f"{' '.join(str(exc).split())[:200]}); restore it from the trial folder launch.py wrote.") from None
+    if not isinstance(prev, DictConfig):
+        raise ConfigError(f"{key}: the previous stage's config {cfg_path} is not a mapping; restore it from the "
+                          f"trial folder launch.py wrote.")
+    return prev
+
+
+def check_convertible(ckpt: Path, target_type: str, key: str = "system.geometry_convert_from") -> None:
+    """ConfigError (before any work) unless this config's geometry (`target_type`) can be made from
+    the geometry the checkpoint's stage trained, as named in the config saved beside it."""
+    from lift3d.geometry.base import BaseGeometry
+    from lift3d.registry import find, registered_names
+
+    prev = previous_stage_config(ckpt, key)
+    prev_type = OmegaConf.select(prev, "system.geometry_type", default=None)
+    if not prev_type:
+        raise ConfigError(
+            f"{key}: '{ckpt}' is not from a 3D stage: its config ({ckpt.parent.parent / 'configs' / 'parsed.yaml'}, "
+            f"system_type {OmegaConf.select(prev, 'system_type', default=None)!r}) names no system.geometry_type. "
+            f"Give the ckpts/last.ckpt of a previous stage that trained a geometry."
+        )
+    target = find(target_type)
+    if target.can_convert_from(prev_type):
+        return
+    accepting = [name for name in registered_names()
+                 if isinstance(find(name), type) and issubclass(find(name), BaseGeometry)
+                 and find(name).can_convert_from(prev_type)]
+    sources = ", ".join(f"'{t}'" for t in target.convertible_from)
+    raise ConfigError(
+        f"{key}: the checkpoint holds a '{prev_type}' geometry ({ckpt}), and this config's system.geometry_type "
+        f"'{target_type}' cannot be made from it ("
+        + (f"it converts from {sources} only" if sources else "it is always trained from scratch") + "). Fix: "
+        + (f"give the checkpoint of a stage whose geometry is {sources.replace(', ', ' or ')}, or " if sources else "")
+        + (f"use a config whose geometry_type accepts '{prev_type}' ({', '.join(accepting)}), or " if accepting else "")
+        + "remove system.geometry_convert_from to start from scratch."
+    )
 
 
 def load_previous_geometry(spec: str, exp_root_dir: str | Path) -> Any:

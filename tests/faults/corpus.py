@@ -13,7 +13,14 @@ import yaml
 FAULTS = Path(__file__).resolve().parent
 REPO = FAULTS.parents[1]
 DEFAULT_CONFIG = "configs/reconstruct-nerf.yaml"
-CKPT_KINDS = ("empty", "truncated", "random", "not-a-dict", "no-state", "newer-format", "other-config")
+CKPT_KINDS = ("empty", "truncated", "random", "not-a-dict", "no-state", "newer-format", "other-config",
+              "dmtet-stage", "gan-stage")
+# kinds that are whole previous-stage trials: a valid checkpoint with this configs/parsed.yaml beside it
+# (a DMTet stage, a stage that trained no geometry), for geometry_convert_from
+STAGE_CONFIGS = {
+    "dmtet-stage": "name: reconstruct-dmtet\nsystem_type: lift3d-system\nsystem:\n  geometry_type: tetrahedra-sdf-grid\n",
+    "gan-stage": "name: toy-gan\nsystem_type: gan-system\nsystem:\n  generator: {}\n",
+}
 
 # the reconstruct-nerf run every fault test and benchmark stops or breaks: tiny frames, few samples
 RUN_CONFIG = "configs/reconstruct-nerf.yaml"
@@ -67,6 +74,10 @@ def make_checkpoints(folder: Path) -> dict[str, Path]:
             name = next(k for k, v in state.items() if v.ndim >= 1 and v.shape[0] > 1)
             state[name] = torch.cat([state[name], state[name][:1]])  # one more row: another config's shape
             torch.save({**valid, "state_dict": state, "lift3d_config_digest": "0123456789ab"}, path)
+        elif kind in STAGE_CONFIGS:
+            torch.save(valid, path)
+            (path.parent.parent / "configs").mkdir(exist_ok=True)
+            (path.parent.parent / "configs" / "parsed.yaml").write_text(STAGE_CONFIGS[kind])
         paths[kind] = path
     return paths
 
@@ -84,10 +95,16 @@ def launch_args(case: dict, exp_root: Path, ckpts: dict[str, Path]) -> list[str]
             *[expand(a, exp_root, ckpts) for a in case.get("args", [])]]
 
 
+def _stage_config(kind: str, path: Path) -> bool:
+    """path is the configs/ folder make_checkpoints wrote for a stage kind, unchanged."""
+    return (kind in STAGE_CONFIGS and path.name == "configs" and [p.name for p in path.iterdir()] == ["parsed.yaml"]
+            and (path / "parsed.yaml").read_text() == STAGE_CONFIGS[kind])
+
+
 def written_trials(exp_root: Path, ckpts: dict[str, Path]) -> list[Path]:
     """Anything a failed run wrote: entries of exp_root, and files beside the fake trials' ckpts/."""
     written = list(exp_root.iterdir()) if exp_root.exists() else []
-    for path in ckpts.values():
-        written += [p for p in path.parent.parent.iterdir() if p.name != "ckpts"]
+    for kind, path in ckpts.items():
+        written += [p for p in path.parent.parent.iterdir() if p.name != "ckpts" and not _stage_config(kind, p)]
         written += [p for p in path.parent.iterdir() if p.name != "last.ckpt"]
     return written
