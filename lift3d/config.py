@@ -21,6 +21,22 @@ from omegaconf.errors import OmegaConfBaseException
 from lift3d.errors import ConfigError, did_you_mean
 
 # ---------------------------------------------------------------- resolvers (threestudio's set)
+def schedule_max(value: Any) -> float:
+    """The largest value a C() schedule takes (lift3d.utils.schedule): a number is itself; a list
+    [v0, v1, end], [start, v0, v1, end] or [s0, v0, v1, s1, v2, s2, ...] is linear between its
+    knot values, so its maximum is the largest knot value."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    items = list(OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value)
+    if len(items) == 3:
+        items = [0] + items
+    if len(items) < 4 or len(items) % 2:
+        raise ConfigError(f"schedule {items} has {len(items)} entries; use v, [v0, v1, end], [start, v0, v1, end] "
+                          f"or [s0, v0, v1, s1, v2, s2, ...].")
+    knot_values = [items[1], items[2]] + items[4::2]
+    return float(max(knot_values))
+
+
 _RESOLVERS = {
     "rmspace": lambda s, sub: str(s).replace(" ", sub),
     "add": lambda a, b: a + b,
@@ -34,6 +50,9 @@ _RESOLVERS = {
     "not": lambda s: not s,
     # factor such that lr * factor**steps = lr * final_ratio (exponential decay over `steps`)
     "calc_exp_lr_decay_rate": lambda ratio, steps: ratio ** (1.0 / steps),
+    # whether a C() schedule is ever > 0 (threestudio's, e.g. data.requires_depth from lambda_depth)
+    "cmaxgt0": lambda value: schedule_max(value) > 0,
+    "cmaxgt0orcmaxgt0": lambda a, b: schedule_max(a) > 0 or schedule_max(b) > 0,
 }
 for _name, _fn in _RESOLVERS.items():
     if not OmegaConf.has_resolver(_name):
@@ -130,6 +149,9 @@ def load_config(
         cfgs.append(loaded)
     cfgs.append(parse_overrides(list(cli_args)))
     raw = OmegaConf.merge(*cfgs)
+    from lift3d.compat import prepare_raw
+
+    prepare_raw(raw)  # threestudio / USD configs: missing components named first, referenced defaults filled
     check_keys(ExperimentConfig, raw, path="", component="the experiment (top level)")
     if not allow_missing:
         check_mandatory(raw)

@@ -19,6 +19,7 @@ _REGISTRY: Dict[str, type] = {}
 # Modules that register the built-in components; imported lazily by `find` / `registered_names`.
 BUILTIN_MODULES = (
     "lift3d.data.random_camera",
+    "lift3d.data.eff_random_camera",
     "lift3d.data.single_image",
     "lift3d.geometry.implicit_volume",
     "lift3d.materials.no_material",

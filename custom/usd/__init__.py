@@ -12,3 +12,4 @@ image-to-3D run (§4: novel views, DreamBooth-LoRA, SDEdit, NeuS) is a command, 
 component: `python -m custom.usd.view_distillation run=<trial>` (view_distillation/, not imported here).
 """
 from . import data, image_guidance, systems, text_guidance  # noqa: F401  (registration)
+from . import aliases  # noqa: F401,E402  (the USD repository's names: usd-random-camera-datamodule, usd-guidance, ...)

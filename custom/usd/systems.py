@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from lift3d.registry import register
 from lift3d.systems.lift3d_system import Lift3DSystem
 
+from .original_keys import OriginalSystemKeys, OriginalUSDSystem
+
 
 @register("usd-system")
-class USDSystem(Lift3DSystem):
+class USDSystem(OriginalUSDSystem, Lift3DSystem):
     @dataclass
-    class Config(Lift3DSystem.Config):
+    class Config(OriginalSystemKeys, Lift3DSystem.Config):  # + the USD repository's stage / lambda_vsd keys
         geometry_type: str = "implicit-volume"
         material_type: str = "no-material"
         background_type: str = "solid-color-background"
@@ -30,6 +32,8 @@ class USDSystem(Lift3DSystem):
         prompt_processor_type: str = "dummy-prompt-processor"
         guidance_type: str = "usd-image-guidance"
         save_rgba_dataset: bool = True
+
+    reference_term = True  # the original's lambda_vsd weighs the reference-view term too (original_keys.py)
 
 
 @register("usd-text-system")

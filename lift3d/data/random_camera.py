@@ -102,6 +102,14 @@ class RandomCameraDataModuleConfig:
     near: float = 0.01  # projection near plane (proj_mtx / mvp_mtx only; rays are unbounded)
     far: float = 100.0  # projection far plane
     seed: Optional[int] = None  # null: torch.initial_seed() (set by the experiment seed)
+    # single-image-datamodule's reference-camera keys, which threestudio's image configs interpolate
+    # into eval_* (`eval_elevation_deg: ${data.default_elevation_deg}`); here they only serve such
+    # interpolations, and their defaults are the eval_* defaults, so a config that switches an image
+    # stage to random cameras keeps the eval camera it would have without those lines (lift3d.compat)
+    default_elevation_deg: float = 15.0
+    default_azimuth_deg: float = 0.0
+    default_camera_distance: float = 1.5
+    default_fovy_deg: float = 70.0
 
 
 # ---------------------------------------------------------------- progressive resolution
@@ -153,8 +161,9 @@ def _stage_index(milestones: List[int], global_step: int) -> int:
 
 
 def _as_config(cfg: Any, path: str, component: str) -> Any:
-    if isinstance(cfg, DictConfig) and OmegaConf.get_type(cfg) is RandomCameraDataModuleConfig:
-        return cfg
+    config_type = OmegaConf.get_type(cfg) if isinstance(cfg, DictConfig) else None
+    if isinstance(config_type, type) and issubclass(config_type, RandomCameraDataModuleConfig):
+        return cfg  # this config or an extension of it (eff-random-camera-datamodule, ...)
     return parse_structured(RandomCameraDataModuleConfig, cfg, path=path, component=component)
 
 

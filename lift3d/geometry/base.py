@@ -11,7 +11,7 @@ Contract (threestudio-compatible):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import torch
 
@@ -56,6 +56,9 @@ class BaseImplicitGeometry(BaseGeometry):
         isosurface_chunk: int = 1 << 18  # grid points per field query (issue #24); 0 = all at once
         isosurface_remove_outliers: bool = True
         isosurface_outlier_n_faces_threshold: Union[int, float] = 0.01
+        # threestudio's: extract once over the whole cube, then again at the same resolution over the
+        # coarse mesh's box grown by 10% of its size per side (finer cells on the object; marching cubes)
+        isosurface_coarse_to_fine: bool = False
 
     # field_kind is "density" (inside: field > level) or "sdf" (inside: field < level)
     field_kind: str = "density"
@@ -77,14 +80,16 @@ class BaseImplicitGeometry(BaseGeometry):
         return float(thr)
 
     @torch.no_grad()
-    def grid_field(self, res: int, chunk: int = 0) -> torch.Tensor:
-        """The field on the res³ lattice over the bbox (both corners included) → [res,res,res] float32.
+    def grid_field(self, res: int, chunk: int = 0, bbox: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The field on the res³ lattice over the bbox (both corners included; `bbox` [2,3] another box)
+        → [res,res,res] float32.
 
         Grid points are made per chunk of `chunk` flat indices (0: all at once), so the peak is
         chunk × (field query cost) plus the 4·res³-byte result, not res³ × 12-byte points."""
         n = res**3
         chunk = chunk if chunk > 0 else n
-        lo, size = self.bbox[0], self.bbox[1] - self.bbox[0]
+        box = self.bbox if bbox is None else bbox
+        lo, size = box[0], box[1] - box[0]
         field = torch.empty(n, dtype=torch.float32, device=self.bbox.device)
         for i0 in range(0, n, chunk):
             idx = torch.arange(i0, min(i0 + chunk, n), device=self.bbox.device)
@@ -100,17 +105,24 @@ class BaseImplicitGeometry(BaseGeometry):
         from lift3d.ops.marching_cubes import marching_cubes
 
         res = self.cfg.isosurface_resolution
+        box = self.bbox
         field = self.grid_field(res, self.cfg.isosurface_chunk)  # [res,res,res]
         level = self.isosurface_level(field)
-        try:
-            v_pos, faces = marching_cubes(
-                field.float().cpu(), level, bbox=self.bbox.cpu(), inside_is_greater=self.field_kind == "density"
-            )
-        except ValueError as exc:
-            raise SurfaceError(
-                f"{exc} Set system.geometry.isosurface_threshold (a number, or auto for the field's mean) "
-                f"on the --export command line, or train longer."
-            ) from None
+        for fine in ((False, True) if self.cfg.isosurface_coarse_to_fine else (False,)):
+            if fine:  # the coarse mesh's box + 10% of its size per side, within the cube; same level
+                vmin, vmax = v_pos.amin(dim=0).to(box), v_pos.amax(dim=0).to(box)
+                margin = (vmax - vmin) * 0.1
+                box = torch.stack([(vmin - margin).maximum(self.bbox[0]), (vmax + margin).minimum(self.bbox[1])])
+                field = self.grid_field(res, self.cfg.isosurface_chunk, bbox=box)
+            try:
+                v_pos, faces = marching_cubes(
+                    field.float().cpu(), level, bbox=box.cpu(), inside_is_greater=self.field_kind == "density"
+                )
+            except ValueError as exc:
+                raise SurfaceError(
+                    f"{exc} Set system.geometry.isosurface_threshold (a number, or auto for the field's mean) "
+                    f"on the --export command line, or train longer."
+                ) from None
         mesh = Mesh(v_pos.to(self.bbox.device), faces.to(self.bbox.device))
         if self.cfg.isosurface_remove_outliers:
             mesh = mesh.remove_outlier(self.cfg.isosurface_outlier_n_faces_threshold)

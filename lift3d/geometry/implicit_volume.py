@@ -8,7 +8,7 @@ Normals are −∇density / |∇density|, by central finite differences or autog
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +52,9 @@ class ImplicitVolume(BaseImplicitGeometry):
         density_blob_std: float = 0.5
         pos_encoding_config: dict = field(default_factory=default_hash_grid)
         mlp_network_config: dict = field(default_factory=default_mlp)
-        normal_type: str = "finite_difference"  # finite_difference | analytic
+        # finite_difference | analytic; null (threestudio: "no normals"): finite differences, computed only
+        # when something asks for normals (validation renders, an orientation loss)
+        normal_type: Optional[str] = "finite_difference"
         finite_difference_normal_eps: float = 0.01
         isosurface_threshold: Union[float, str] = 25.0
 
@@ -62,9 +64,9 @@ class ImplicitVolume(BaseImplicitGeometry):
     def validate_config(cls, cfg: Any, path: str = "system.geometry") -> None:
         from lift3d.errors import ConfigError
 
-        if cfg.normal_type not in ("finite_difference", "analytic"):
+        if cfg.normal_type not in ("finite_difference", "analytic", None):
             raise ConfigError(
-                f"{path}.normal_type '{cfg.normal_type}' is not supported: use finite_difference or analytic."
+                f"{path}.normal_type '{cfg.normal_type}' is not supported: use finite_difference, analytic or null."
             )
         bias = cfg.density_bias
         if isinstance(bias, str) and bias not in ("blob_magic3d", "blob_dreamfusion"):

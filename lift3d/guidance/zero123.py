@@ -57,6 +57,10 @@ class Zero123Guidance(ScoreDistillationGuidance):
         cond_azimuth_deg: float = 0.0
         cond_camera_distance: float = 1.2
         cond_background: Optional[list] = None  # RGB the reference is composited on; null: white [1, 1, 1]
+        # threestudio's keys, accepted: the LDM config of an original .ckpt (read by the converter in
+        # extern/, not here: pretrained_model_name_or_path is a diffusers folder or id) and its VRAM switch
+        pretrained_config: str = ""
+        vram_O: bool = False
 
     model_class = Zero123
 

@@ -71,7 +71,9 @@ def flatten_groups(params_cfg: Any, prefix: str = "") -> dict[str, dict]:
 
 
 def _optimizer_class(name: Any) -> type:
-    cls = getattr(torch.optim, str(name), None)
+    from lift3d.systems.adan import EXTRA_OPTIMIZERS  # threestudio's Adan
+
+    cls = EXTRA_OPTIMIZERS.get(str(name)) or getattr(torch.optim, str(name), None)
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
         names = [n for n in dir(torch.optim) if isinstance(getattr(torch.optim, n), type)
                  and issubclass(getattr(torch.optim, n), torch.optim.Optimizer) and n != "Optimizer"]
@@ -85,7 +87,7 @@ def _check_args(cls: type, args: dict, where: str) -> None:
     valid = [n for n in params if n not in ("self", "params")]
     for key, value in args.items():
         if key not in params:
-            raise ConfigError(f"unknown optimizer argument '{where}.{key}' for torch.optim.{cls.__name__}."
+            raise ConfigError(f"unknown optimizer argument '{where}.{key}' for {cls.__module__}.{cls.__name__}."
                               f"{did_you_mean(key, valid)} Valid arguments: {', '.join(valid)}.")
         if key in ("lr", "eps", "weight_decay", "momentum"):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:

@@ -57,6 +57,18 @@ def _laplacian_smoothness(out: dict) -> torch.Tensor:
     return out["mesh"].laplacian_loss()
 
 
+def _normal_smooth(out: dict) -> torch.Tensor:
+    # threestudio's zero123 2D normal smoothness: squared differences of vertically and horizontally
+    # neighbouring pixels of the normal map comp_normal [B,H,W,3], each averaged
+    n = out["comp_normal"]
+    return (n[:, 1:] - n[:, :-1]).square().mean() + (n[:, :, 1:] - n[:, :, :-1]).square().mean()
+
+
+def _normal_smooth_3d(out: dict) -> torch.Tensor:
+    # threestudio's zero123 3D normal smoothness: |n(x) - n(x + N(0, 0.01^2))|, mean over samples and axes
+    return (out["normal"] - out["normal_perturb"]).abs().mean()
+
+
 def _eikonal(out: dict) -> torch.Tensor:
     # |grad sdf| = 1 on the sampled points
     return ((out["sdf_grad"].norm(dim=-1) - 1.0) ** 2).mean()
@@ -72,6 +84,9 @@ REGULARIZERS: dict[str, Regularizer] = {
         Regularizer("normal_consistency", _normal_consistency, ("mesh",), "1 - cos between adjacent faces"),
         Regularizer("laplacian_smoothness", _laplacian_smoothness, ("mesh",), "uniform Laplacian of vertices"),
         Regularizer("eikonal", _eikonal, ("sdf_grad",), "(|grad sdf| - 1)^2"),
+        Regularizer("normal_smooth", _normal_smooth, ("comp_normal",), "2D normal map smoothness (renderer.return_comp_normal)"),
+        Regularizer("3d_normal_smooth", _normal_smooth_3d, ("normal", "normal_perturb"),
+                    "normals at jittered points agree (renderer.return_normal_perturb)"),
     )
 }
 
