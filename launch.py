@@ -161,6 +161,9 @@ def _run(args: argparse.Namespace, extras: list[str], stopper) -> int:
     # pre-flight memory estimate (lift3d/memory_check.py): before any model is loaded or folder written
     on_gpu = torch.cuda.is_available() and cfg.trainer.get("accelerator", "gpu") != "cpu"
     memory_check.check(cfg, "cuda" if on_gpu else "cpu", fitting=args.train, enabled=check_memory)
+    from lift3d.models.loading import check_config_weights
+
+    check_config_weights(cfg)  # truncated / damaged model weights (headers only): exit 2 before any folder
     trial = Path(cfg.trial_dir)
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -99,3 +99,25 @@ def test_mandatory_value_missing(capsys, tmp_path, config, key):
     err = capsys.readouterr().err
     assert code == 2 and key in err and "???" in err
     assert not any(tmp_path.iterdir())
+
+
+def test_truncated_model_weights_stop_the_run_before_any_folder(capsys, tmp_path, tiny_sd_path):
+    """A model folder whose UNet weights were cut short (an interrupted download) is one error line naming
+    the file, found from the weight files' headers before any trial folder exists (#21)."""
+    import shutil
+
+    broken = tmp_path / "tiny-sd-truncated"
+    shutil.copytree(tiny_sd_path, broken)
+    weights = broken / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size - 1000])
+    root = tmp_path / "out"
+    code = launch.main(["--config", "custom/usd/configs/usd-text-to-3D-patch.yaml", "--train", f"exp_root_dir={root}",
+                        "system.prompt_processor.prompt=a red car", f"system.prompt_processor.cache_dir={tmp_path / 'c'}",
+                        f"system.prompt_processor.pretrained_model_name_or_path={broken}",
+                        f"system.guidance.pretrained_model_name_or_path={broken}", "memory_check=false"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("lift3d:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert str(weights) in lines[0] and "is truncated or damaged" in lines[0] and "the file holds" in lines[0]
+    assert "pretrained_model_name_or_path=/path/to/a/complete/folder" in lines[0]
+    assert not root.exists()  # no trial folder, no config dump

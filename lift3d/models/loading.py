@@ -319,4 +319,102 @@ def _download(name: str, what: str, files: list[str], cache: str, revision: Opti
         logger.setLevel(level)
 
 
-__all__ = ["ModelNotFoundError", "files_to_download", "resolve_pretrained", "offline_from_env"]
+def damaged_weight_file(path: str) -> Optional[str]:
+    """Why the weight file at `path` cannot be complete, or None; reads its header / index only, never
+    the tensors: safetensors (8-byte header length + JSON header whose tensors must end inside the
+    file), torch zip archives (.bin / .pt: the zip's central directory at the end, every member
+    inside the file). Other formats: only that the file is not empty."""
+    import json
+    import struct
+    import zipfile
+
+    size = os.path.getsize(path)
+    if size == 0:
+        return "it is empty"
+    with open(path, "rb") as fp:
+        head = fp.read(8)
+        if path.endswith(".safetensors"):
+            if len(head) < 8:
+                return f"it holds {size} bytes, less than a safetensors header"
+            (length,) = struct.unpack("<Q", head)
+            if 8 + length > size:
+                return f"its header needs {8 + length} bytes, the file holds {size}"
+            try:
+                header = json.loads(fp.read(length))
+            except ValueError:
+                return "its safetensors header is not valid JSON"
+            end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+            if 8 + length + end > size:
+                return f"its tensors end at byte {8 + length + end}, the file holds {size}"
+            return None
+    if head[:2] == b"PK":  # torch.save's zip format
+        try:
+            with zipfile.ZipFile(path) as archive:
+                ends = [info.header_offset + info.compress_size for info in archive.infolist()]
+        except (zipfile.BadZipFile, OSError) as exc:
+            return f"its zip index is unreadable ({_describe(exc, 80)})"
+        if ends and max(ends) > size:
+            return f"its members end at byte {max(ends)}, the file holds {size}"
+    return None
+
+
+def check_weight_files(folder: str, what: str) -> None:
+    """ModelNotFoundError naming the first truncated / damaged weight file that `from_pretrained` would
+    read from model folder `folder` (one format per subfolder, `files_to_download`), without reading
+    any tensor: run before a trial folder is written, so a broken download is not found at step 0."""
+    root = os.path.abspath(folder)
+    listing = [os.path.relpath(os.path.join(d, f), root) for d, _, names in os.walk(root) for f in names]
+    for rel in files_to_download(listing):
+        if not rel.endswith((".safetensors", ".bin", ".pt", ".pth", ".ckpt")):
+            continue
+        reason = damaged_weight_file(os.path.join(root, rel))
+        if reason:
+            key = _config_key(what)
+            raise ModelNotFoundError(
+                f"{what}: '{os.path.join(root, rel)}' is truncated or damaged ({reason}): the model folder is "
+                f"incomplete. Download it again (`hf download` resumes) or set "
+                + (f"{key}=/path/to/a/complete/folder." if key else "the config value to a complete folder.")
+            )
+
+
+def check_config_weights(cfg) -> None:
+    """`check_weight_files` for every model folder an experiment config names (keys ending in
+    `model_name_or_path`; Hugging Face ids through their local cache snapshot). No network."""
+    from omegaconf import OmegaConf
+
+    if "system" not in cfg:
+        return
+    system = OmegaConf.to_container(cfg.system, resolve=True, throw_on_missing=False)
+    seen: set = set()
+
+    def walk(node, path: str) -> None:
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, value in items:
+            sub = f"{path}.{key}"
+            if isinstance(value, str) and str(key).endswith("model_name_or_path"):
+                folder = _local_model_folder(value)
+                if folder and folder not in seen:
+                    seen.add(folder)
+                    check_weight_files(folder, f"the model for {sub}")
+            else:
+                walk(value, sub)
+
+    walk(system, "system")
+
+
+def _local_model_folder(value: str) -> Optional[str]:
+    local = os.path.abspath(os.path.expanduser(value.strip()))
+    if os.path.isdir(local):
+        return local
+    if not _looks_like_repo_id(value.strip()):
+        return None
+    try:  # a Hub id: its snapshot in the local cache, never the network
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(value.strip(), cache_dir=_hf_cache_dir(None), local_files_only=True)
+    except Exception:
+        return None
+
+
+__all__ = ["ModelNotFoundError", "check_config_weights", "check_weight_files", "damaged_weight_file",
+           "files_to_download", "resolve_pretrained", "offline_from_env"]
