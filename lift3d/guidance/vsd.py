@@ -1,5 +1,5 @@
 """`stable-diffusion-vsd-guidance`: variational score distillation (ProlificDreamer, Wang et al.,
-arXiv 2305.16213 §3-4, eq. 9; docs/methods/prolificdreamer.md), with threestudio's keys.
+arXiv 2305.16213 §3, Algorithm 1; docs/methods/prolificdreamer.md §1), with threestudio's keys.
 
 Per call (render [B,H,W,3] in [0,1], the batch's cameras, text embeddings):
 
@@ -12,14 +12,14 @@ Per call (render [B,H,W,3] in [0,1], the batch's cameras, text embeddings):
                                                      the LoRA model (lift3d.guidance.vsd_lora), view-independent
                                                      text; cond = (prompt, camera c), uncond = (negative
                                                      prompt, zero camera); s_l = guidance_scale_lora
-         grad     = w(t) (eps_pre - eps_lora),  w(t) = 1 - alphabar_t         (eq. 9)
+         grad     = w(t) (eps_pre - eps_lora),  w(t) = 1 - alphabar_t         (VSD's gradient)
          loss_vsd = 0.5 ||z - stopgrad(z - grad)||^2 / B
 
      SDS is the special case eps_lora = eps (the sampled noise). The shared step computes
      w(t) (guided - noise); the VSD predictor hands it guided = noise + (eps_pre - eps_lora), so its
      gradient is exactly w(t) (eps_pre - eps_lora) and nothing of the step is written twice. Both UNet
      calls run without autograd: the VSD term never reaches the LoRA;
-  3. the LoRA's own loss (§4, Algorithm 1 line 6): on the *detached* latents, repeated
+  3. the LoRA's own loss (Algorithm 1's update of phi; docs §2): on the *detached* latents, repeated
      `lora_n_timestamp_samples` times, t ~ U{0..T-1}, the standard diffusion loss
 
          loss_lora = mean || lora(z_t, t, prompt, c') - target ||^2,   target = eps (or v for a v-model)

@@ -1,5 +1,5 @@
 """The camera-conditioned LoRA model of variational score distillation (ProlificDreamer, Wang et al.,
-arXiv 2305.16213 §4, "estimating the score of the rendered images"; docs/methods/prolificdreamer.md §2).
+arXiv 2305.16213 §3-4; docs/methods/prolificdreamer.md §2).
 
 VSD needs the score of the distribution of the *current renders* as well as the pretrained one. It
 is estimated by a second copy of the Stable Diffusion UNet (`pretrained_model_name_or_path_lora`,

@@ -1,4 +1,4 @@
-"""`prolificdreamer-system`: ProlificDreamer's three stages (Wang et al., arXiv 2305.16213 §5;
+"""`prolificdreamer-system`: ProlificDreamer's three stages (Wang et al., arXiv 2305.16213 §4;
 docs/methods/prolificdreamer.md §3), threestudio's system name and `stage` key.
 
 It is `lift3d-system` (render -> guidance -> weighted losses + the shared regularizers, switched on by
