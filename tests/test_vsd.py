@@ -190,7 +190,7 @@ def test_lora_loss_by_hand_and_the_lora_learns_from_its_own_loss_only(tiny_sd_pa
     assert all(gr is not None and float(gr.abs().sum()) > 0 for gr in lora_grads[1:])
 
 
-def vsd_system(sd, cache_dir):
+def vsd_system(sd, cache_dir, lora_group="guidance_params"):
     cfg = OmegaConf.create({
         "geometry": {"radius": 1.0, "pos_encoding_config": {"otype": "HashGrid", "n_levels": 2, "log2_hashmap_size": 10}},
         "renderer": {"num_samples_per_ray": 8},
@@ -198,7 +198,7 @@ def vsd_system(sd, cache_dir):
         "guidance": {"pretrained_model_name_or_path": str(sd), "pretrained_model_name_or_path_lora": str(sd)},
         "loss": {"lambda_vsd": 1.0, "lambda_lora": 1.0},
         "optimizer": {"name": "AdamW", "args": {"lr": 1e-3},
-                      "params": {"geometry": {"lr": 1e-2}, "guidance_params": {"lr": 1e-4}}},
+                      "params": {"geometry": {"lr": 1e-2}, lora_group: {"lr": 1e-4}}},
     })
     return find("prolificdreamer-system")(cfg)
 
@@ -227,8 +227,10 @@ def test_system_optimizer_group_and_checkpoint_round_trip(tiny_sd_path, tmp_path
         z, cam = torch.randn(1, 4, 8, 8), torch.randn(1, 16)
         return s.guidance.lora_model.predict_eps(z, torch.tensor([500]), torch.randn(1, 77, 32), cam)
 
-    restored = vsd_system(tiny_sd_path, tmp_path / "cache")
+    restored = vsd_system(tiny_sd_path, tmp_path / "cache", lora_group="guidance")  # threestudio's group name
     restored.setup("fit")
+    restored_groups = {gr["name"]: gr for gr in make_optimizer(restored, restored.cfg.optimizer).param_groups}
+    assert {id(p) for p in restored_groups["guidance_params"]["params"]} == {id(p) for p in restored.guidance_params.parameters()}
     fresh = lora_prediction(restored)
     restored.load_state_dict(state)  # strict: every LoRA key has its place
     assert torch.equal(lora_prediction(restored), lora_prediction(system))

@@ -12,8 +12,8 @@ their lambdas) with ProlificDreamer's defaults and one switch, `stage`:
 
 `stage` picks what the guidance sees (`guidance_input`, unless set): the normal map in the geometry
 stage, the colour otherwise. Stages chain by checkpoint with `system.geometry_convert_from` (as
-magic3d-refine-sd). The VSD LoRA is the guidance's trainable module (`guidance_params`), so it is
-optimised and checkpointed with the stage that uses it; each VSD stage trains a fresh LoRA, as in
+magic3d-refine-sd). The VSD LoRA is the guidance's trainable module (`guidance_params`; threestudio's
+optimizer group name `guidance` is accepted for it), so it is optimised and checkpointed with the stage that uses it; each VSD stage trains a fresh LoRA, as in
 threestudio (the LoRA estimates the score of the current renders, which change between stages).
 """
 from __future__ import annotations
@@ -57,6 +57,12 @@ class ProlificDreamerSystem(Lift3DSystem):
     def configure(self) -> None:
         if self.cfg.guidance_input is None:
             self.cfg.guidance_input = STAGE_GUIDANCE_INPUT[self.cfg.stage]
+        params = self.cfg.optimizer.get("params")
+        if params is not None and "guidance" in params and "guidance_params" not in params:
+            # threestudio names the LoRA's group `guidance` (its guidance is a module of the system); here the
+            # guidance's trainable weights are the child `guidance_params`. Without the rename the group would
+            # select nothing and the LoRA would silently never train.
+            params["guidance_params"] = params.pop("guidance")
         super().configure()
 
 
