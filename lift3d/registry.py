@@ -53,6 +53,8 @@ BUILTIN_MODULES = (
     "lift3d.gan.gan_system",
     "lift3d.guidance.vsd",
     "lift3d.systems.prolificdreamer",
+    "lift3d.guidance.sdi",
+    "lift3d.systems.sdi",
 )
 _builtins_loaded = False
 
