@@ -163,7 +163,7 @@ def test_anneal_and_config_errors(tiny_sd_path, tiny_sd_v):
 
 # ------------------------------------------------------------------ (b) the LoRA's loss and gradients
 def test_lora_loss_by_hand_and_the_lora_learns_from_its_own_loss_only(tiny_sd_path):
-    g = make_guidance(tiny_sd_path, lora_n_timestamp_samples=2)
+    g = make_guidance(tiny_sd_path, lora_n_timestamp_samples=2, guidance_eval_interval=1)
     randomize_lora(g)
     prompt, batch = FixedPromptUtils(), camera_batch()
     text = prompt.get_text_embeddings(batch["elevation"], None, None, False)[:B]  # [B,77,32] cond rows
@@ -182,6 +182,7 @@ def test_lora_loss_by_hand_and_the_lora_learns_from_its_own_loss_only(tiny_sd_pa
     z = torch.randn(B, 4, 8, 8, requires_grad=True)
     out = g(z.permute(0, 2, 3, 1), batch, prompt, rgb_as_latents=True)
     assert set(g.produces) == {"loss_vsd", "loss_lora"} <= set(out)
+    assert out["guidance_eval"].shape == (B * 64, 3 * 64, 3)  # noisy | x0 | denoised of the pretrained model
     vsd_grads = torch.autograd.grad(out["loss_vsd"], [z, *lora], allow_unused=True, retain_graph=True)
     assert float(vsd_grads[0].abs().sum()) > 0  # VSD reaches the 3D model's render ...
     assert all(gr is None for gr in vsd_grads[1:])  # ... never the LoRA
