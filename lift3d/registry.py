@@ -42,6 +42,8 @@ BUILTIN_MODULES = (
     "lift3d.prompt.deep_floyd",
     "lift3d.guidance.deep_floyd",
     "lift3d.systems.aliases",
+    "lift3d.systems.magic123",
+    "lift3d.systems.image_condition",
     "lift3d.materials.pbr",
     "lift3d.export.pbr_textures",
     "lift3d.renderers.neus_volume_renderer",

@@ -8,6 +8,14 @@ Training batch (B = `batch_size`; the reference view repeated B times):
   mask [B, H, W, 1] (1 where alpha > 0.5, else 0: the target of mask losses), and, when
   `use_random_camera`, batch["random_camera"]: a batch of `RandomCameraIterableDataset`
   configured by `data.random_camera` (its own resolution, batch size and milestones).
+With `requires_depth` / `requires_normal` (threestudio's keys and file names), the estimates next
+to the image are loaded too: for `<name>_rgba.png`, `<name>_depth.png` -> ref_depth [B, H, W, 1] and
+`<name>_normal.png` -> ref_normal [B, H, W, 3], pixel values / 255 (any bit depth divided by 255, as
+threestudio); the normal's channels in the order threestudio's OpenCV reader gives them (B, G, R of the
+stored file), so a file written by its preprocessing (cv2.imwrite of the estimator's x, y, z) reads
+back as x, y, z. Resized to the reference resolution (area averaging when shrinking, bilinear when
+enlarging). They feed the losses lambda_depth / lambda_depth_rel / lambda_normal
+(lift3d.systems.reference_geometry).
 Validation / test / predict: the turntables of `random-camera-datamodule`, configured by
 `data.random_camera.eval_*` / `n_val_views` / `n_test_views`.
 
@@ -23,8 +31,10 @@ which runs when the experiment config is validated and when the data module is b
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -69,7 +79,7 @@ class SingleImageDataModuleConfig:
     rays_noise_scale: float = 0.0  # std of Gaussian noise on reference rays, fresh every batch
     rays_d_normalize: bool = True
     batch_size: int = 1
-    # threestudio's depth/normal references: accepted for config compatibility, only `false`
+    # threestudio's depth/normal estimates next to the image (<name>_depth.png / <name>_normal.png)
     requires_depth: bool = False
     requires_normal: bool = False
     near: float = 0.01  # projection planes of the reference camera
@@ -113,9 +123,12 @@ class SingleImageIterableDataset(SeededBatchStream):
         self.camera_position = spherical_to_cartesian(self.elevation, self.azimuth, self.camera_distance)
         # images per resolution stage, loaded now so that a bad file fails before training
         self._images: Dict[Tuple[int, int], Tuple[Tensor, Tensor]] = {}
+        self._estimates: Dict[Tuple[str, int, int], Tensor] = {}  # (kind, H, W) -> [H, W, C]
         for h, w in zip(self.heights, self.widths):
             if (h, w) not in self._images:
                 self._images[(h, w)] = load_rgb_alpha(self.cfg.image_path, h, w, key=f"{path}.image_path")
+            for kind in estimate_kinds(self.cfg):
+                self._estimates[(kind, h, w)] = load_estimate(self.cfg.image_path, kind, h, w, path)
         self._set_stage(0)
 
     def _set_stage(self, stage: int) -> None:
@@ -155,6 +168,8 @@ class SingleImageIterableDataset(SeededBatchStream):
         batch["rgb"] = self.rgb[None].repeat(B, 1, 1, 1)
         batch["alpha"] = self.alpha[None].repeat(B, 1, 1, 1)
         batch["mask"] = self.mask[None].repeat(B, 1, 1, 1)
+        for kind in estimate_kinds(self.cfg):  # ref_depth [B,H,W,1], ref_normal [B,H,W,3]
+            batch[f"ref_{kind}"] = self._estimates[(kind, self.height, self.width)][None].repeat(B, 1, 1, 1)
         if self.random_camera is not None:
             batch["random_camera"] = self.random_camera.sample()
         return batch
@@ -171,6 +186,63 @@ class SingleImageIterableDataset(SeededBatchStream):
             self.generator.set_state(state["generator"])
         if self.random_camera is not None and "random_camera" in state:
             self.random_camera.load_stream_state(state["random_camera"])
+
+
+# ---------------------------------------------------------------------------------- depth / normal estimates
+_ESTIMATE_CHANNELS = {"depth": 1, "normal": 3}
+
+
+def estimate_kinds(cfg: Any) -> List[str]:
+    """The estimates the config asks for: "depth" (requires_depth), "normal" (requires_normal)."""
+    return [k for k in ("depth", "normal") if bool(cfg[f"requires_{k}"])]
+
+
+def estimate_path(image_path: str, kind: str) -> str:
+    """threestudio's file name: <name>_rgba.png -> <name>_<kind>.png."""
+    if not str(image_path).endswith("_rgba.png"):
+        return ""
+    return str(image_path)[: -len("_rgba.png")] + f"_{kind}.png"
+
+
+def read_estimate(image_path: str, kind: str, path: str = "data") -> np.ndarray:
+    """The stored estimate as float32 [H, W, C] (file values, channels as OpenCV reads them: the
+    normal's B, G, R), or ConfigError naming the file and the switch."""
+    from PIL import Image, UnidentifiedImageError
+
+    file = estimate_path(image_path, kind)
+    switch = f"{path}.requires_{kind}"
+    if not file:
+        raise ConfigError(f"{switch}=true: the {kind} estimate is looked up as <name>_{kind}.png next to "
+                          f"<name>_rgba.png, but {path}.image_path='{image_path}' does not end in _rgba.png. "
+                          f"Rename the files that way or set {switch}=false.")
+    if not Path(file).is_file():
+        raise ConfigError(f"{switch}=true but the {kind} estimate '{file}' does not exist: put it next to "
+                          f"{path}.image_path (threestudio's preprocessing writes it) or set {switch}=false.")
+    try:
+        with Image.open(file) as im:
+            im.load()
+            arr = np.asarray(im).astype(np.float32)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the {kind} estimate '{file}' ({type(exc).__name__}: {exc}): "
+                          f"re-export it as a PNG or set {switch}=false.") from None
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if kind == "depth":
+        return arr[..., :1]  # a grey image (first channel if stored as colour)
+    if arr.shape[-1] < 3:
+        raise ConfigError(f"the normal estimate '{file}' has {arr.shape[-1]} channel(s): it needs 3 (RGB). "
+                          f"Re-export it or set {switch}=false.")
+    return arr[..., 2::-1].copy()  # OpenCV's channel order (B, G, R), as threestudio reads it
+
+
+def load_estimate(image_path: str, kind: str, height: int, width: int, path: str = "data") -> Tensor:
+    """The estimate resized to [height, width, C], values / 255 (see the module docstring)."""
+    arr = torch.from_numpy(read_estimate(image_path, kind, path) / 255.0).permute(2, 0, 1)[None]  # [1,C,h,w]
+    if tuple(arr.shape[-2:]) != (height, width):
+        shrinking = height <= arr.shape[-2] and width <= arr.shape[-1]
+        arr = torch.nn.functional.interpolate(arr, size=(height, width), mode="area" if shrinking else "bilinear",
+                                              **({} if shrinking else {"align_corners": False}))
+    return arr[0].permute(1, 2, 0).contiguous().float()
 
 
 @register("single-image-datamodule")
@@ -204,14 +276,10 @@ class SingleImageDataModule(pl.LightningDataModule):
         if not float(cfg.far) > near:
             fail(f"{path}.far", f"= {cfg.far} is not greater than {path}.near = {near}",
                   "set far > near, e.g. near: 0.01, far: 100")
-        for name in ("requires_depth", "requires_normal"):
-            if cfg[name]:
-                raise ConfigError(
-                    f"{path}.{name}=true is not supported by lift3d's single-image-datamodule "
-                    f"(no depth/normal reference images are loaded): set {path}.{name}=false."
-                )
         RandomCameraDataModule.validate_config(cfg.random_camera, path=f"{path}.random_camera")
         read_rgba(cfg.image_path, key=f"{path}.image_path")
+        for kind in estimate_kinds(cfg):
+            read_estimate(cfg.image_path, kind, path)
 
     def setup(self, stage: Optional[str] = None) -> None:
         pass  # everything is built in __init__, so `train_dataset` always exists

@@ -45,6 +45,18 @@ log = logging.getLogger(__name__)
 
 # keys that define a texture field; they must agree for its weights to be inherited (copy_net)
 TEXTURE_FIELD_KEYS = ("n_input_dims", "n_feature_dims", "pos_encoding_config", "mlp_network_config")
+# a progressive-band hash grid holds a hash grid's weights: its schedule keys do not change them
+# (threestudio's coarse ProgressiveBandHashGrid NeRF -> HashGrid DMTet stages, e.g. Magic123)
+_SCHEDULE_ONLY = {"ProgressiveBandHashGrid": ("HashGrid", ("start_level", "start_step", "update_steps"))}
+
+
+def _weight_config(value: Any) -> Any:
+    """A texture-field config value as far as it shapes the weights (see _SCHEDULE_ONLY)."""
+    v = OmegaConf.to_container(OmegaConf.create({"v": value}))["v"]
+    if isinstance(v, dict) and v.get("otype") in _SCHEDULE_ONLY:
+        otype, dropped = _SCHEDULE_ONLY[v["otype"]]
+        v = {**{k: x for k, x in v.items() if k not in dropped}, "otype": otype}
+    return v
 
 
 def copy_texture_field(target: nn.Module, other: nn.Module, target_name: str) -> None:
@@ -60,8 +72,7 @@ def copy_texture_field(target: nn.Module, other: nn.Module, target_name: str) ->
         )
     differ = [
         k for k in TEXTURE_FIELD_KEYS
-        if k in other.cfg and OmegaConf.to_container(OmegaConf.create({"v": other.cfg[k]}))["v"]
-        != OmegaConf.to_container(OmegaConf.create({"v": target.cfg[k]}))["v"]
+        if k in other.cfg and _weight_config(other.cfg[k]) != _weight_config(target.cfg[k])
     ]
     try:
         target.encoding.load_state_dict(other.encoding.state_dict())

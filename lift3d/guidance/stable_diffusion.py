@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from lift3d.errors import ConfigError
+from lift3d.guidance.hifa import HiFAOptions
 from lift3d.guidance.sds import Prediction, ScoreDistillationGuidance, resize_nchw
 from lift3d.models.stable_diffusion import StableDiffusion
 from lift3d.registry import register
@@ -42,7 +43,7 @@ def require_text_embeddings(prompt_utils: Any, guidance_name: str) -> None:
 
 
 @register("stable-diffusion-guidance")
-class StableDiffusionGuidance(ScoreDistillationGuidance):
+class StableDiffusionGuidance(HiFAOptions, ScoreDistillationGuidance):
     @dataclass
     class Config(ScoreDistillationGuidance.Config):
         pretrained_model_name_or_path: str = "stabilityai/stable-diffusion-2-1-base"
@@ -53,8 +54,13 @@ class StableDiffusionGuidance(ScoreDistillationGuidance):
         # threestudio keys, accepted: xformers is not needed (PyTorch SDPA is the default attention)
         enable_memory_efficient_attention: bool = False
         enable_sequential_cpu_offload: bool = False
+        # HiFA (lift3d.guidance.hifa, docs/methods/hifa.md): annealed timestep, image-space loss_sds_img
+        sqrt_anneal: bool = False
+        trainer_max_steps: int = 25000
+        use_img_loss: bool = False
 
     model_class = StableDiffusion
+    produces = ("loss_sds", "loss_sds_img")  # loss_sds_img with use_img_loss (HiFA)
     shared_model = True  # False where the guidance changes the UNet (X-Dreamer's processors)
 
     @classmethod
@@ -62,6 +68,7 @@ class StableDiffusionGuidance(ScoreDistillationGuidance):
         super().validate_config(cfg, path)
         if cfg.enable_sequential_cpu_offload:
             raise ConfigError(f"{path}.enable_sequential_cpu_offload=true is not supported: set it to false.")
+        cls.validate_hifa(cfg, path)
         cls.model_class.resolve(cfg.pretrained_model_name_or_path, cls.model_what(path))
 
     def configure(self) -> None:
@@ -96,6 +103,7 @@ class StableDiffusionGuidance(ScoreDistillationGuidance):
         """The distillation step on latents [B,4,h,w] with text embeddings [2B,77,D] (cond then uncond)."""
         predict = self.text_predictor(text_embeddings.to(latents.device))
         step = self.distill(latents, predict, t=t, noise=noise)
+        self.add_image_space_loss(step, render)  # HiFA's loss_sds_img, when use_img_loss
         self.add_guidance_eval(step, predict, render)
         return self.name_losses(step.out)
 
