@@ -245,11 +245,18 @@ def injected_rank_nan(rank: int, step: int) -> bool:
     return bool(args) and len(args) > 2 and args[2] == "nan" and int(args[0]) == rank and int(args[1]) == step
 
 
-def kill_launched_children(trainer: pl.Trainer) -> None:
+def kill_launched_children(trainer: pl.Trainer, grace_s: float = 0.0) -> None:
     """Rank 0 of a Lightning-launched run: SIGKILL the child processes it started (they would
-    otherwise wait in a collective for this dead rank, or print a second error)."""
+    otherwise wait in a collective for this dead rank, or print a second error), after giving them
+    `grace_s` seconds to end by themselves (a failing child printing its own error)."""
+    import time
+
     launcher = getattr(trainer.strategy, "launcher", None)
-    for proc in getattr(launcher, "procs", []) or []:
+    procs = list(getattr(launcher, "procs", []) or [])
+    deadline = time.monotonic() + grace_s
+    while procs and time.monotonic() < deadline and any(p.poll() is None for p in procs):
+        time.sleep(0.1)
+    for proc in procs:
         if proc.poll() is None:
             proc.kill()
 
@@ -291,5 +298,5 @@ class RunOnRanks(pl.Callback):
             self.stopper.signum = signum
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if trainer.global_rank == 0:
-            kill_launched_children(trainer)
+        if trainer.global_rank == 0:  # its own failure: end the children now; a child's: let it report first
+            kill_launched_children(trainer, grace_s=0.0 if peer_failure_note(exception) is None else 20.0)
