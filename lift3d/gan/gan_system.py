@@ -267,6 +267,8 @@ class GANSystem(TrialSaveDir, pl.LightningModule, Updateable):
         self.log("train/logits_real", real_logits.detach().mean(), batch_size=b)
         self.log("train/logits_fake", fake_logits.detach().mean(), batch_size=b)
         self.log("train/ada_p", self.augment.p.detach(), batch_size=b)
+        for key, value in getattr(self.D, "training_stats", dict)().items():  # a D with its own statistics
+            self.log(f"train/D_{key}", float(value), batch_size=b)
         done = step + 1
         if (cfg.sample_every_n_steps > 0 and done % cfg.sample_every_n_steps == 0 and self._save_dir is not None
                 and self.global_rank == 0):  # one writer of the sample grid

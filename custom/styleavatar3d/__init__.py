@@ -1,0 +1,10 @@
+"""StyleAvatar3D plugin (docs/methods/styleavatar3d.md; Zhang et al., arXiv 2305.19012): a tri-plane GAN trained
+from scratch on multi-view images that a ControlNet paints from renders of existing 3D models. Registers:
+
+- `pose-aware-discriminator` (pose_aware_discriminator.py): the coarse-to-fine pose-aware discriminator, a
+  drop-in `system.discriminator_type` of lift3d's gan-system (pose bins: pose_bins.py);
+
+Horizontal flips with mirrored labels: flip_augmentation.py. Configs: custom/styleavatar3d/configs/,
+commands: README "StyleAvatar3D".
+"""
+from . import pose_aware_discriminator  # noqa: F401  (registration)
