@@ -57,6 +57,8 @@ BUILTIN_MODULES = (
     "lift3d.systems.prolificdreamer",
     "lift3d.guidance.sdi",
     "lift3d.systems.sdi",
+    "lift3d.materials.sd_latent_adapter",
+    "lift3d.systems.latentnerf",
 )
 _builtins_loaded = False
 
