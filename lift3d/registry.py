@@ -44,6 +44,7 @@ BUILTIN_MODULES = (
     "lift3d.systems.aliases",
     "lift3d.systems.magic123",
     "lift3d.systems.image_condition",
+    "lift3d.guidance.unified",
     "lift3d.materials.pbr",
     "lift3d.export.pbr_textures",
     "lift3d.renderers.neus_volume_renderer",

@@ -191,6 +191,44 @@ def test_hifa_image_space_loss_is_its_formula(tiny_sd_path, tmp_path):
                                                                            render=image.permute(0, 2, 3, 1))
 
 
+# ------------------------------------------------------------------ threestudio's unified guidances (SDS mode)
+def test_unified_guidances_are_the_lift3d_guidances_under_threestudio_names(tiny_sd_path, tiny_zero123_path, tmp_path):
+    from lift3d.guidance.unified import StableDiffusionUnifiedGuidance, Zero123UnifiedGuidance
+    from lift3d.guidance.zero123 import Zero123Guidance
+    from lift3d.prompt.stable_diffusion import StableDiffusionPromptProcessor
+
+    prompt_utils = StableDiffusionPromptProcessor({"prompt": "a red car", "cache_dir": str(tmp_path),
+                                                   "pretrained_model_name_or_path": str(tiny_sd_path)})()
+    batch = {"elevation": torch.tensor([10.0, 20.0]), "azimuth": torch.tensor([0.0, 90.0]),
+             "camera_distances": torch.tensor([2.5, 2.5])}
+    torch.manual_seed(0)
+    render = torch.rand(2, 32, 32, 3)
+    common = {"pretrained_model_name_or_path": str(tiny_sd_path), "guidance_scale": 7.5}
+    unified = StableDiffusionUnifiedGuidance({**common, "guidance_type": "sds", "weighting_strategy": "dreamfusion"})
+    plain = sd_guidance(tiny_sd_path, **common, cfg_form="standard", weighting_strategy="sds")
+    t, noise = torch.tensor([400, 400]), torch.randn(2, 4, 8, 8)
+    torch.manual_seed(1)
+    u = unified(render, batch, prompt_utils, t=t, noise=noise)
+    torch.manual_seed(1)  # the same VAE posterior sample
+    v = plain(render, batch, prompt_utils, t=t, noise=noise)
+    assert "loss_sd" in u and "loss_sds" not in u
+    torch.testing.assert_close(u["loss_sd"], v["loss_sds"])
+    assert unified.sample_timesteps(4, "cpu").unique().numel() == 1  # one t for the batch
+    z_common = {"pretrained_model_name_or_path": str(tiny_zero123_path), "cond_image_path": IMAGE,
+                "cond_camera_distance": 2.5}
+    z_unified = Zero123UnifiedGuidance({**z_common, "guidance_type": "sds"})
+    z_plain = Zero123Guidance({**z_common, "guidance_scale": 5.0})
+    torch.manual_seed(2)
+    zu = z_unified(render, batch, t=t, noise=noise)
+    torch.manual_seed(2)
+    zp = z_plain(render, batch, t=t, noise=noise)
+    torch.testing.assert_close(zu["loss_sd"], zp["loss_sds"], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ConfigError, match="stable-diffusion-vsd-guidance"):
+        StableDiffusionUnifiedGuidance({**common, "guidance_type": "vsd"})
+    with pytest.raises(ConfigError, match="controlnet_model_name_or_path"):
+        StableDiffusionUnifiedGuidance({**common, "controlnet_model_name_or_path": "x"})
+
+
 # ------------------------------------------------------------------ configs end to end
 def tiny_overrides(root, tiny_sd, tiny_zero123, size=32):
     return [

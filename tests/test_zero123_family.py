@@ -207,6 +207,15 @@ def test_zero123_simple_system_is_zero123_system_defaults():
     system = tiny_system("zero123-simple-system", loss={"lambda_sds": 1.0})
     called, logged = steps_with_guidance(system, [0])
     assert called == [True] and logged[0] == ["loss_sds"]  # no reference losses unless weighed
+    # threestudio's lambda_normal_smoothness_2d (its zero123-simple config), on the random view's normal map
+    system = tiny_system("zero123-simple-system", loss={"lambda_sds": 1.0, "lambda_normal_smoothness_2d": 1.0},
+                         renderer={"radius": 1.0, "num_samples_per_ray": 8, "grid_prune": False,
+                                   "return_comp_normal": True})
+    assert steps_with_guidance(system, [0])[1][0] == ["loss_normal_smoothness_2d", "loss_sds"]
+    with pytest.raises(ConfigError, match="lambda_normal_smoothness_2d"):
+        find("zero123-system").validate_config(OmegaConf.create({
+            "guidance_type": "reference-mesh-guidance", "guidance": {"mesh_path": "load/shapes/blocks_union.ply"},
+            "loss": {"lambda_normal_smoothness_2d": 1.0}}))
 
 
 # ------------------------------------------------------------------ configs end to end

@@ -7,7 +7,9 @@
   threestudio's: implicit-volume, diffuse-with-point-light-material, neural-environment-map-background,
   nerf-volume-renderer, stable-diffusion-guidance / -prompt-processor.
 - `zero123-simple-system`: Zero-1-to-3 SDS at the random views only (the reference image conditions
-  the guidance; no reference-view losses unless a config weighs them). Defaults as zero123-system.
+  the guidance; no reference-view losses unless a config weighs them), and threestudio's
+  `lambda_normal_smoothness_2d` (lift3d-system's `view_losses`). Defaults as zero123-system; its
+  threestudio config names `zero123-unified-guidance` (lift3d.guidance.unified).
 
 The Zero-1-to-3 / Stable Zero123 refinement stage is `zero123-system` with `refinement: true` on a
 DMTet geometry converted from the coarse NeRF (configs/zero123-refine.yaml, configs/stable-zero123-refine.yaml).
@@ -37,7 +39,7 @@ class ImageConditionDreamFusionSystem(Lift3DSystem):
 
 @register("zero123-simple-system")
 class Zero123SimpleSystem(Zero123System):
-    pass
+    system_losses = Zero123System.system_losses + ("normal_smoothness_2d",)  # threestudio's 2D normal smoothing
 
 
 __all__ = ["ImageConditionDreamFusionSystem", "Zero123SimpleSystem"]

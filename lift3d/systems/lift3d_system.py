@@ -42,7 +42,7 @@ from lift3d.data.image_io import composite
 from lift3d.registry import register
 from lift3d.errors import ConfigError
 from lift3d.systems.base import BaseLift3DSystem
-from lift3d.systems.reference_geometry import GEOMETRY_LOSSES, reference_geometry_losses
+from lift3d.systems.reference_geometry import GEOMETRY_LOSSES, normal_smoothness_2d, reference_geometry_losses
 from lift3d.systems.regularizers import compute_regularizers
 from lift3d.utils.rgba_dataset import RGBADatasetWriter
 from lift3d.utils.schedule import C
@@ -178,9 +178,21 @@ class Lift3DSystem(BaseLift3DSystem):
         if evaluation is not None and self._save_dir is not None and self.global_rank == 0:  # one writer (DDP)
             save_image(self.save_path(f"it{self.true_global_step}-guidance.png"), evaluation)
         terms.update(compute_regularizers(out, self.regularizer_lambdas(lambdas)))
+        terms.update(self.view_losses(out, lambdas))
         if do_reference:
             terms.update(self.reference_losses(batch, lambdas, ref_out))
         return self.weighted_loss(terms, lambdas)
+
+    def view_losses(self, out: dict[str, torch.Tensor], lambdas: dict[str, float]) -> dict[str, torch.Tensor]:
+        """Losses of the guided view's render a system computes itself: `normal_smoothness_2d` for the
+        systems that list it in `system_losses` (threestudio's Magic123 and zero123-simple key; off in refinement)."""
+        if ("normal_smoothness_2d" not in self.system_losses or lambdas.get("normal_smoothness_2d", 0.0) <= 0.0
+                or self.cfg.refinement):
+            return {}
+        if "comp_normal" not in out:
+            raise ConfigError("system.loss.lambda_normal_smoothness_2d > 0 needs rendered normals (comp_normal): "
+                              "set system.renderer.return_comp_normal=true and a geometry with normals.")
+        return {"loss_normal_smoothness_2d": normal_smoothness_2d(out["comp_normal"])}
 
     def guidance_image(self, out: dict[str, torch.Tensor], view: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         """The render the guidance scores ([B,H,W,C], `guidance_input`) and extra guidance keywords, given

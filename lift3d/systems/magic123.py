@@ -34,7 +34,6 @@ from lift3d.errors import ConfigError
 from lift3d.guidance.base import BaseGuidance
 from lift3d.registry import find, register
 from lift3d.systems.lift3d_system import Lift3DSystem
-from lift3d.systems.reference_geometry import normal_smoothness_2d
 from lift3d.systems.regularizers import compute_regularizers
 from lift3d.systems.stage_chain import resolve_checkpoint_keys
 from lift3d.utils.saving import save_image
@@ -141,11 +140,7 @@ class Magic123System(Lift3DSystem):
             # loss_<k> -> loss_3d_<k> (weighted by lambda_3d_<k>); logged scalars <k>_3d, as threestudio
             terms["loss_" + PREFIX_3D + name[len("loss_"):] if name.startswith("loss_") else f"{name}_3d"] = value
         terms.update(compute_regularizers(out, self.regularizer_lambdas(lambdas)))
-        if lambdas.get("normal_smoothness_2d", 0.0) > 0.0 and not self.cfg.refinement:
-            if "comp_normal" not in out:
-                raise ConfigError("system.loss.lambda_normal_smoothness_2d > 0 needs rendered normals (comp_normal): "
-                                  "set system.renderer.return_comp_normal=true and a geometry with normals.")
-            terms["loss_normal_smoothness_2d"] = normal_smoothness_2d(out["comp_normal"])
+        terms.update(self.view_losses(out, lambdas))  # lambda_normal_smoothness_2d
         if do_reference:
             terms.update(self.reference_losses(batch, lambdas))
         return self.weighted_loss(terms, lambdas)
