@@ -256,8 +256,8 @@ def _run(args: argparse.Namespace, extras: list[str], stopper) -> int:
         except SystemExit:  # Lightning's SIGTERMException after the stop below
             if not stopper.interrupted:
                 raise
-        if stopper.interrupted and trainer.global_rank > 0:
-            return 128 + int(stopper.signum)
+        if stopper.interrupted and trainer.global_rank > 0:  # saved together with rank 0, which reports
+            return 0  # (a non-zero child would make Lightning's/torchrun's observer kill rank 0 mid-report)
         if stopper.interrupted:
             saved = f"saved {stopper.saved} (step {stopper.saved_step})" if stopper.saved else "nothing new was saved"
             print(f"lift3d: interrupted by {stopper.signal_name()}; {saved}. Resume with:\n  {resume_hint(trial)}",

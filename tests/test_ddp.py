@@ -295,15 +295,40 @@ def _processes_of(tmp_path: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_launch_on_two_processes_writes_one_trial_folder(tmp_path):
-    proc = _launch(tmp_path, ["trainer.max_steps=2"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_launch_on_two_processes_one_trial_folder_sigterm_to_rank0_and_resume(tmp_path):
+    """SIGTERM to rank 0 alone stops both ranks at one step with one checkpoint; the resumed 2-process run
+    finishes in the same (only) trial folder and rank 0 alone writes the test video."""
+    import signal
+    import time
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1", LIFT3D_FAULT_INJECT="")
+    proc = subprocess.Popen([sys.executable, "launch.py", *TINY_NERF, f"exp_root_dir={tmp_path / 'out'}",
+                             "trainer.max_steps=100000"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        deadline = time.time() + SAFETY_S
+        while time.time() < deadline and proc.poll() is None and not list(tmp_path.glob("out/*/*/ckpts/epoch=*.ckpt")):
+            time.sleep(0.2)
+        assert proc.poll() is None, "training ended early"
+        proc.send_signal(signal.SIGTERM)  # rank 0 only: Lightning's child does not get it
+        out, err = proc.communicate(timeout=SAFETY_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err[-3000:]
+    assert err.count("lift3d: interrupted by SIGTERM; saved") == 1, err[-3000:]
     trials = list((tmp_path / "out" / "reconstruct-nerf").iterdir())
     assert len(trials) == 1, trials  # rank 1 made no folder of its own
     trial = trials[0]
-    assert torch.load(trial / "ckpts" / "last.ckpt", weights_only=False)["global_step"] == 2
-    assert (trial / "configs" / "parsed.yaml").is_file() and (trial / "save" / "it2-test.mp4").is_file()
-    assert (proc.stdout + proc.stderr).count("lift3d: done") == 1  # rank 0 reports
+    step = torch.load(trial / "ckpts" / "last.ckpt", weights_only=False)["global_step"]
+    assert step >= 5
+    resumed = _launch(tmp_path, [f"resume={trial / 'ckpts' / 'last.ckpt'}", f"trainer.max_steps={step + 2}"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert list((tmp_path / "out" / "reconstruct-nerf").iterdir()) == [trial]
+    assert torch.load(trial / "ckpts" / "last.ckpt", weights_only=False)["global_step"] == step + 2
+    assert (trial / "configs" / "parsed.yaml").is_file() and (trial / "save" / f"it{step + 2}-test.mp4").is_file()
+    assert (resumed.stdout + resumed.stderr).count("lift3d: done") == 1  # rank 0 reports
+    assert _processes_of(tmp_path) == []
 
 
 @pytest.mark.slow
