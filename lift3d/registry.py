@@ -60,6 +60,9 @@ BUILTIN_MODULES = (
     "lift3d.systems.sdi",
     "lift3d.materials.sd_latent_adapter",
     "lift3d.systems.latentnerf",
+    "lift3d.geometry.volume_grid",
+    "lift3d.background.textured_background",
+    "lift3d.systems.sjc",
 )
 _builtins_loaded = False
 

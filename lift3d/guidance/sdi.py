@@ -61,8 +61,7 @@ class StableDiffusionSDIGuidance(StableDiffusionGuidance):
         inversion_n_steps: int = 10  # DDIM grid of the inversion (steps of T // n timesteps)
         inversion_eta: float = 0.3  # stochastic part of each inversion step (0: deterministic DDIM inversion)
         t_anneal: bool = True  # one timestep per step, linear from max_step_percent to min_step_percent
-        # threestudio keys of this guidance that change nothing here (accepted so its configs parse)
-        var_red: bool = True
+        # threestudio keys of this guidance that change nothing here (accepted so its configs parse; var_red too)
         n_ddim_steps: int = 50
         max_items_eval: int = 4
         token_merging: bool = False
@@ -85,6 +84,8 @@ class StableDiffusionSDIGuidance(StableDiffusionGuidance):
         if cfg.use_img_loss:
             raise ConfigError(f"{path}.use_img_loss=true is HiFA's image loss of stable-diffusion-guidance, not part of "
                               f"SDI: set it to false.")
+        if cfg.use_sjc:
+            raise ConfigError(f"{path}.use_sjc=true: SDI has its own target and weight; set it to false.")
         if cfg.token_merging:
             raise ConfigError(f"{path}.token_merging=true (tomesd) is not supported by lift3d: set it to false.")
         super().validate_config(cfg, path)

@@ -29,6 +29,7 @@ from torch import Tensor
 from lift3d.errors import ConfigError
 from lift3d.guidance.hifa import HiFAOptions
 from lift3d.guidance.sds import Prediction, ScoreDistillationGuidance, resize_nchw
+from lift3d.guidance.sjc import SJCOptions
 from lift3d.models.stable_diffusion import StableDiffusion
 from lift3d.registry import register
 
@@ -43,7 +44,7 @@ def require_text_embeddings(prompt_utils: Any, guidance_name: str) -> None:
 
 
 @register("stable-diffusion-guidance")
-class StableDiffusionGuidance(HiFAOptions, ScoreDistillationGuidance):
+class StableDiffusionGuidance(SJCOptions, HiFAOptions, ScoreDistillationGuidance):
     @dataclass
     class Config(ScoreDistillationGuidance.Config):
         pretrained_model_name_or_path: str = "stabilityai/stable-diffusion-2-1-base"
@@ -58,6 +59,9 @@ class StableDiffusionGuidance(HiFAOptions, ScoreDistillationGuidance):
         sqrt_anneal: bool = False
         trainer_max_steps: int = 25000
         use_img_loss: bool = False
+        # SJC (lift3d.guidance.sjc, docs/methods/sjc.md): uniform weight; var_red=false drops the noise baseline
+        use_sjc: bool = False
+        var_red: bool = True
 
     model_class = StableDiffusion
     produces = ("loss_sds", "loss_sds_img")  # loss_sds_img with use_img_loss (HiFA)
@@ -69,6 +73,7 @@ class StableDiffusionGuidance(HiFAOptions, ScoreDistillationGuidance):
         if cfg.enable_sequential_cpu_offload:
             raise ConfigError(f"{path}.enable_sequential_cpu_offload=true is not supported: set it to false.")
         cls.validate_hifa(cfg, path)
+        cls.validate_sjc(cfg, path)
         cls.model_class.resolve(cfg.pretrained_model_name_or_path, cls.model_what(path))
 
     def configure(self) -> None:

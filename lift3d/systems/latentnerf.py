@@ -152,12 +152,17 @@ class LatentNeRFSystem(Lift3DSystem):
 
     def weighted_loss(self, terms: dict[str, Any], lambdas: dict[str, float]) -> Optional[Tensor]:
         out, self._guided_out = self._guided_out, None
-        if out is not None and self._guide is not None and lambdas.get("shape", 0.0) > 0 and "points" in out:
-            points = out["points"].detach()  # [S,3] this step's ray samples
-            loss = guide_shape_loss(self._guide, points, self.geometry(points)["density"].reshape(-1))
-            if loss is not None:
-                terms = {**terms, "loss_shape": loss}
+        if out is not None:
+            terms = {**terms, **self.render_terms(out, lambdas)}
         return super().weighted_loss(terms, lambdas)
+
+    def render_terms(self, out: dict[str, Tensor], lambdas: dict[str, float]) -> dict[str, Tensor]:
+        """This system's own losses of the training render `out` (loss_shape; sjc-system adds its own)."""
+        if self._guide is None or lambdas.get("shape", 0.0) <= 0 or "points" not in out:
+            return {}
+        points = out["points"].detach()  # [S,3] this step's ray samples
+        loss = guide_shape_loss(self._guide, points, self.geometry(points)["density"].reshape(-1))
+        return {} if loss is None else {"loss_shape": loss}
 
     # ------------------------------------------------------------------ evaluation images
     def latent_decoder(self) -> Any:
@@ -174,11 +179,15 @@ class LatentNeRFSystem(Lift3DSystem):
             ).to(self.device)
         return self._latent_decoder
 
+    def decode_side(self, model: Any) -> int:
+        """Side of the latents the VAE decodes: the model's latent size (64: 512² images for SD), as threestudio."""
+        return model.native_resolution // model.downsample
+
     def _eval_row(self, out: dict[str, Tensor], b: int) -> Any:
         if self.cfg.refinement:
             return super()._eval_row(out, b)
         model = self.latent_decoder()
-        side = model.native_resolution // model.downsample  # decode at the model's latent size (512² for SD), as threestudio
+        side = self.decode_side(model)
         latents = F.interpolate(out["comp_rgb"][b : b + 1].permute(0, 3, 1, 2).float(), size=(side, side),
                                 mode="bilinear", align_corners=False)  # [1,4,side,side]
         rgb = model.decode_latents(latents)[0]  # [H,W,3]
