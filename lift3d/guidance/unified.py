@@ -105,7 +105,8 @@ class StableDiffusionUnifiedGuidance(UnifiedConventions, StableDiffusionGuidance
         token_merging_params: Optional[dict] = field(default_factory=dict)
 
     UNSUPPORTED = ("controlnet_model_name_or_path", "preprocessor", "lora_model_name_or_path", "token_merging")
-    produces = ("loss_sd", "loss_sd_img")
+    # loss_train_phi: VSD mode's LoRA loss; listed so that threestudio's configs may weigh it (SDS never returns it)
+    produces = ("loss_sd", "loss_sd_img", "loss_train_phi")
 
     def configure(self) -> None:
         if self.cfg.enable_channels_last_format:
@@ -123,7 +124,7 @@ class Zero123UnifiedGuidance(UnifiedConventions, Zero123Guidance):
         pretrained_model_name_or_path: str = "bennyguo/zero123-diffusers"
         guidance_scale: float = 5.0
 
-    produces = ("loss_sd",)
+    produces = ("loss_sd", "loss_train_phi")  # loss_train_phi: as stable-diffusion-unified-guidance
 
     def __call__(self, image: Tensor, batch: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
         return self.unified_losses(super().__call__(image, batch, *args, **kwargs))
