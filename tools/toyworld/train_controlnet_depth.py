@@ -1,7 +1,8 @@
 """Trains the toy depth ControlNet (#17 point 4): a ControlNetModel made from the toy SD's UNet
 (`ControlNetModel.from_unet`, Zhang et al. arXiv 2302.05543 §3.2: a trainable copy of the encoder
 joined to the frozen UNet by zero-initialised convolutions), trained on toy renders paired with
-their inverse depth (near = 1, background = 0; lift3d.gan.depth_generation.inverse_depth_image),
+their inverse depth (near = 1, background = 0; lift3d.gan.depth_generation.inverse_depth_image), each
+pair also moved and scaled in the image plane (`moved_copies`) so that depth has to carry the layout,
 so that `StableDiffusionControlNet("load/priors/toy-sd", controlnet_name_or_path=<out>)` is the
 toy world's depth-conditioned prior, the role SD ControlNet-depth plays for PODIA-3D.
 
@@ -45,6 +46,27 @@ def depth_of_dataset(data: toy_dataset.ToyDataset) -> torch.Tensor:
     return out
 
 
+@torch.no_grad()
+def moved_copies(images: torch.Tensor, control: torch.Tensor, generator: torch.Generator, max_shift: float = 0.3,
+                 scale_range: tuple[float, float] = (0.6, 1.15)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each pair (image [N,S,S,3] on white, inverse depth [N,1,S,S], 0 = background) moved and scaled in the
+    image plane by one random similarity (shift up to `max_shift` of the half-width, zoom in `scale_range`),
+    as a camera with another principal point and focal length would see it. Without such pairs the toy
+    world's objects are always centred and of one size, and depth would not need to carry the layout."""
+    import torch.nn.functional as F
+
+    n = images.shape[0]
+    scale = scale_range[0] + (scale_range[1] - scale_range[0]) * torch.rand(n, generator=generator)
+    shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * max_shift
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0 / scale  # output pixel -> input pixel
+    theta[:, :, 2] = -shift / scale[:, None]
+    grid = F.affine_grid(theta, (n, 1, *control.shape[-2:]), align_corners=False)
+    rgb = 1.0 - F.grid_sample(1.0 - images.permute(0, 3, 1, 2), grid, align_corners=False)  # white outside
+    inv = F.grid_sample(control, grid, align_corners=False)  # background (0) outside
+    return rgb.permute(0, 2, 3, 1).clamp(0, 1).contiguous(), inv.clamp(0, 1)
+
+
 def train(sd: Path, out: Path, data: toy_dataset.ToyDataset, steps: int, batch_size: int, lr: float, seed: int = 0,
           save_every: int = 0) -> Path:
     from diffusers import ControlNetModel, UNet2DConditionModel
@@ -60,9 +82,12 @@ def train(sd: Path, out: Path, data: toy_dataset.ToyDataset, steps: int, batch_s
     torch.manual_seed(seed)
     controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
     scale = float(vae.config.scaling_factor)
-    mean, std = encode_latent_distribution(vae, data.images)  # [N,4,16,16] each
-    control = depth_of_dataset(data).expand(-1, 3, -1, -1).contiguous()  # [N,3,32,32]
-    view_caps, bare_caps = data.view_captions(), data.prompts()
+    control = depth_of_dataset(data)  # [N,1,32,32]
+    moved_images, moved_control = moved_copies(data.images, control, torch.Generator().manual_seed(seed + 4))
+    images = torch.cat([data.images, moved_images])  # [2N,32,32,3]: every render as rendered and moved
+    control = torch.cat([control, moved_control]).expand(-1, 3, -1, -1).contiguous()  # [2N,3,32,32]
+    mean, std = encode_latent_distribution(vae, images)  # [2N,4,16,16] each
+    view_caps, bare_caps = data.view_captions() * 2, data.prompts() * 2
     table = sorted(set(view_caps) | set(bare_caps) | {""})
     with torch.no_grad():
         text_table = torch.cat([text_encoder(tokenize(tokenizer, table[i:i + 64]))[0] for i in range(0, len(table), 64)])
@@ -105,7 +130,10 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save-every", type=int, default=200, help="also write the EMA weights every N steps")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     start = time.perf_counter()
     data = toy_dataset.generate(args.views_per_object, 32, args.seed)
     out = train(Path(args.sd), Path(args.out), data, args.steps, args.batch_size, args.lr, args.seed, args.save_every)
