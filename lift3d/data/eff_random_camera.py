@@ -25,6 +25,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from lift3d.config import parse_structured
 from lift3d.data.random_camera import (
     RandomCameraDataModule,
     RandomCameraDataModuleConfig,
@@ -88,6 +89,7 @@ class EffRandomCameraDataModule(RandomCameraDataModule):
 
     @classmethod
     def validate_config(cls, cfg: Any, path: str = "data") -> None:
+        cfg = parse_structured(cls.Config, cfg, path=path, component=COMPONENT)
         super().validate_config(cfg, path)
         stages, _ = resolution_stages(cfg, path, keys=("height", "width", "batch_size", "sample_height", "sample_width"))
         n_stages = max(len(v) for v in stages.values())

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from lift3d.data.image_io import composite
+from lift3d.compat.loggers import validate_loggers
 from lift3d.registry import register
 from lift3d.errors import ConfigError
 from lift3d.systems.base import BaseLift3DSystem
@@ -61,6 +62,8 @@ class Lift3DSystem(BaseLift3DSystem):
         # threestudio's zero123 family (see the module docstring): ref_only_steps, ref_or_zero123, n_ref, guidance_eval
         freq: dict = field(default_factory=dict)
         refinement: bool = False  # mesh stage: the NeRF-only regularizers are off
+        # threestudio's experiment loggers, e.g. {wandb: {enable: false, project: ...}} (lift3d/compat/loggers.py)
+        loggers: dict = field(default_factory=dict)
 
     system_losses = ("rgb", "mask") + GEOMETRY_LOSSES
     FREQ_KEYS = ("ref_only_steps", "ref_or_zero123", "n_ref", "guidance_eval")
@@ -104,6 +107,7 @@ class Lift3DSystem(BaseLift3DSystem):
     def validate_config(cls, cfg: Any, path: str = "system", resumed: bool = False, fitting: bool = True,
                         exp_root_dir: str = "outputs") -> Any:
         parsed = super().validate_config(cfg, path, resumed, fitting, exp_root_dir)
+        validate_loggers(parsed.loggers, f"{path}.loggers")
         freq = parsed.freq or {}
         unknown = [k for k in freq.keys() if k not in cls.FREQ_KEYS]
         if unknown:
