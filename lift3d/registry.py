@@ -63,6 +63,7 @@ BUILTIN_MODULES = (
     "lift3d.geometry.volume_grid",
     "lift3d.background.textured_background",
     "lift3d.systems.sjc",
+    "lift3d.systems.textmesh",
 )
 _builtins_loaded = False
 
