@@ -348,3 +348,17 @@ def test_a_failing_rank_stops_every_rank_with_its_error_once(tmp_path, fault, co
     assert "Traceback" not in output and "lift3d: done" not in output
     assert len(list((tmp_path / "out" / "reconstruct-nerf").iterdir())) == 1
     assert _processes_of(tmp_path) == []  # no rank left behind
+
+
+@pytest.mark.slow
+def test_a_nonfinite_loss_on_one_rank_is_skipped_by_every_rank(tmp_path):
+    """system.nonfinite_skip_steps on 2 processes: rank 1's NaN at step 1 is one step skipped by both ranks
+    (Lightning cannot skip a DDP step by returning None: a zero-gradient, learning-rate-0 step instead)."""
+    proc = _launch(tmp_path, ["trainer.max_steps=3", "system.nonfinite_skip_steps=1"], "rank-fault:1:1:nan")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "step 1: loss (the weighted sum) is not finite; step skipped (1 of" in proc.stderr  # rank 1
+    assert "step 1: the loss of another rank is not finite; step skipped (1 of" in proc.stderr  # rank 0
+    trial = next((tmp_path / "out" / "reconstruct-nerf").iterdir())
+    last = torch.load(trial / "ckpts" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 3
+    assert all(bool(torch.isfinite(v).all()) for v in last["state_dict"].values() if v.is_floating_point())

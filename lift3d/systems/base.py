@@ -306,6 +306,8 @@ class BaseLift3DSystem(TrialSaveDir, pl.LightningModule, Updateable):
             logging.getLogger(__name__).warning(
                 "step %d: %s is not finite; step skipped (%d of system.nonfinite_skip_steps=%d).",
                 self.true_global_step, bad, self._nonfinite_skipped, self.cfg.nonfinite_skip_steps)
+            if self.trainer.world_size > 1:
+                return self._skip_on_all_ranks()
             return None
         self._nonfinite_fault(f"{bad} is not finite")
 
@@ -324,8 +326,25 @@ class BaseLift3DSystem(TrialSaveDir, pl.LightningModule, Updateable):
                     if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
                         self._nonfinite_fault(f"the gradient of {name} is not finite")
 
+    def _skip_on_all_ranks(self) -> torch.Tensor:
+        """The skip of several processes (Lightning cannot skip a DDP step by returning None): a zero
+        loss reaching every trained parameter (zero gradients, the all-reduce as usual) and learning
+        rate 0 for this step's update (the optimizer runs it after this closure; `optimizer_step`
+        restores the rates). Parameters stay as they were; Adam's moments decay one step."""
+        optimizers = self.optimizers()
+        for opt in optimizers if isinstance(optimizers, list) else [optimizers]:
+            self._lrs_before_skip = getattr(self, "_lrs_before_skip", []) + [(opt, [g["lr"] for g in opt.param_groups])]
+            for group in opt.param_groups:
+                group["lr"] = 0.0
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.stack([(p * 0).sum() for p in params]).sum()
+
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        for opt, lrs in getattr(self, "_lrs_before_skip", []):  # after a skipped step on several processes
+            for group, lr in zip(opt.param_groups, lrs):
+                group["lr"] = lr
+        self._lrs_before_skip = []
         params = [p for group in optimizer.param_groups for p in group["params"]]
         if params and not bool(torch.isfinite(torch.stack(torch._foreach_norm(params))).all()):
             # (a norm can overflow with finite entries: only an entry that is not finite is a fault)
