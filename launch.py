@@ -12,6 +12,9 @@ written); 3 a fault during the run (non-finite loss/gradient/parameter, full dis
 stays the last good state); 130 / 143 stopped by SIGINT / SIGTERM (after saving ckpts/last.ckpt at
 the end of the current step; the message gives the resume command); 1 an unexpected error. No
 traceback unless LIFT3D_DEBUG=1.
+
+Several processes (`trainer.devices`, `trainer.num_nodes`, `trainer.strategy=ddp`, or `--gpu 0,1`):
+Lightning DDP for every system, rank 0 owning the trial folder; docs/distributed.md.
 """
 from __future__ import annotations
 
