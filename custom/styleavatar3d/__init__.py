@@ -3,8 +3,12 @@ from scratch on multi-view images that a ControlNet paints from renders of exist
 
 - `pose-aware-discriminator` (pose_aware_discriminator.py): the coarse-to-fine pose-aware discriminator, a
   drop-in `system.discriminator_type` of lift3d's gan-system (pose bins: pose_bins.py);
+- `styleavatar3d-mesh-render-datamodule` (data.py): renders of existing meshes at yaw/pitch with depth, normal,
+  edge and landmark conditions (mesh_conditions.py, landmarks.py);
+- `styleavatar3d-data-system` (data_system.py): ControlNet / multi-ControlNet generation (controlnet_generation.py,
+  multi_controlnet.py) with style / attribute / view prompts (view_prompts.py), flips, EG3D dataset output;
 
 Horizontal flips with mirrored labels: flip_augmentation.py. Configs: custom/styleavatar3d/configs/,
 commands: README "StyleAvatar3D".
 """
-from . import pose_aware_discriminator  # noqa: F401  (registration)
+from . import data, data_system, pose_aware_discriminator  # noqa: F401  (registration)
