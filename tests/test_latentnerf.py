@@ -102,6 +102,22 @@ def test_loss_shape_alone_fits_a_nerf_to_the_guide_mesh(box_mesh):
     assert accuracy > 0.95, accuracy
 
 
+def test_threestudio_sequential_lr_milestones_next_to_schedulers():
+    """latentnerf's schedule as threestudio writes it: LinearLR warm-up for 4 steps, then ExponentialLR."""
+    from lift3d.systems.optim import make_scheduler
+
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    sched = make_scheduler({"name": "SequentialLR", "interval": "step", "milestones": [4], "schedulers": [
+        {"name": "LinearLR", "args": {"start_factor": 0.1, "end_factor": 1.0, "total_iters": 4}},
+        {"name": "ExponentialLR", "args": {"gamma": 0.5}}]}, opt)["scheduler"]
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.001, 0.00325, 0.0055, 0.00775, 0.01, 0.005])
+
+
 # ------------------------------------------------------------------ configs end to end
 SMALL = [
     "trainer.max_steps=2", "checkpoint.every_n_train_steps=2", "trainer.val_check_interval=2",

@@ -183,7 +183,10 @@ def _make_scheduler(cfg: dict, optimizer: torch.optim.Optimizer) -> Any:
         children = [_make_scheduler(c, optimizer) for c in cfg.get("schedulers", [])]
         if name == "ChainedScheduler":
             return sched.ChainedScheduler(children)
-        return sched.SequentialLR(optimizer, schedulers=children, **cfg.get("args", {}))
+        args = dict(cfg.get("args") or {})
+        if "milestones" in cfg:  # threestudio writes SequentialLR's milestones next to `schedulers`
+            args.setdefault("milestones", cfg["milestones"])
+        return sched.SequentialLR(optimizer, schedulers=children, **args)
     return getattr(sched, name)(optimizer, **cfg.get("args", {}))
 
 
