@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,8 @@ from lift3d.errors import ConfigError
 from lift3d.ops.mesh_io import load_mesh
 from lift3d.registry import find
 from lift3d.systems.regularizers import compute_regularizers
+
+from helpers import run_launch
 
 torch.set_num_threads(1)
 
@@ -231,9 +231,9 @@ def test_stage_chain_validation_errors(tmp_path):
     nerf_trial = write_trial(tmp_path / "nerf" / "t1", "implicit-volume", NERF_CFG)
     system.validate_config(system_cfg(nerf_trial))  # DMTet from a NeRF: fine
     system.validate_config(system_cfg(nerf_trial / "ckpts" / "last.ckpt"))
-    with pytest.raises(ConfigError, match="'implicit-volume' geometry .* cannot be converted into 'custom-mesh'"):
+    with pytest.raises(ConfigError, match="'implicit-volume' geometry .* 'custom-mesh' cannot be made from it"):
         system.validate_config(system_cfg(nerf_trial, "custom-mesh", geometry={"shape_init": "mesh:" + CAPSULE}))
-    with pytest.raises(ConfigError, match="cannot be converted into 'implicit-sdf'"):
+    with pytest.raises(ConfigError, match="'implicit-sdf' cannot be made from it"):
         system.validate_config(system_cfg(nerf_trial, "implicit-sdf", geometry={}))
     bare = write_trial(tmp_path / "bare", "implicit-volume", NERF_CFG, with_config=False)
     with pytest.raises(ConfigError, match="no config beside it"):
@@ -307,11 +307,8 @@ def test_mesh_method_configs_parse_and_their_components_validate(config):
 
 # ------------------------------------------------------------------ the reconstruction chain, end to end
 def _launch(*args: str, cwd: Path) -> str:
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, str(REPO / "launch.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=1800)
+    assert cwd == REPO  # run_launch runs launch.py in the repo (forked from tests/launch_server.py)
+    proc = run_launch(list(args), check=False, env_extra={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr
 
