@@ -6,6 +6,7 @@ checks both that the results agree and that no single field evaluation exceeded 
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 import torch
@@ -345,3 +346,40 @@ def test_texture_baking_and_vertex_colours_in_chunks_match_the_whole():
     assert max(counter.sizes) <= 100 and len(counter.sizes) == 13
     exp.cfg.chunk_size = 10**9
     assert torch.allclose(colours, exp.vertex_colors(v), atol=1e-6)
+
+
+def _train_render(checkpoint_samples: int, patch: bool):
+    """One training render (stratified sampling, normals for the diffuse material) and its gradients."""
+    base = {"num_samples_per_ray": 64, "grid_prune": False, "checkpoint_samples": checkpoint_samples}
+    r = volume_renderer(base)
+    if patch:  # usd-patch's renderer: a low-resolution frame plus one full-resolution patch
+        r = find("patch-renderer")({"patch_size": 8, "global_downsample": 2, "base_renderer": base},
+                                   geometry=r.geometry, material=r.material, background=r.background)
+    for module in (r, r.geometry, r.material, r.background):
+        module.train()
+    torch.manual_seed(1)  # the stratified offsets and the patch position
+    random.seed(1)  # the diffuse material's shading choice
+    out = r(**frame())
+    loss = (out["comp_rgb"] * torch.linspace(0, 1, 3)).sum() + out["opacity"].square().sum() + out["weights"].sum()
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in r.geometry.named_parameters() if p.grad is not None}
+    return out, grads
+
+
+@pytest.mark.parametrize("patch, budget", [(False, 1 << 18), (True, 1 << 18), (False, 100)])
+def test_checkpointed_training_samples_give_the_same_images_and_gradients(patch, budget):
+    """Training recomputes the kept samples' geometry in the backward pass, in runs of checkpoint_samples
+    (#24): images, per-sample outputs and every parameter's gradient equal those of the held activations
+    (checkpoint_samples=0; bit for bit in one run, to rounding when cut into runs of 100 samples)."""
+    held, held_grads = _train_render(0, patch)
+    recomputed, grads = _train_render(budget, patch)
+    assert held.keys() == recomputed.keys() and held["weights"].shape[0] > 200
+    for key in held:
+        if budget >= held["weights"].shape[0]:
+            assert torch.equal(held[key], recomputed[key]), key
+        else:
+            assert torch.allclose(held[key], recomputed[key], rtol=1e-5, atol=1e-6), key
+    assert held_grads.keys() == grads.keys() and any("encoding" in n for n in grads)
+    for name in held_grads:
+        assert held_grads[name].abs().sum() > 0, name
+        assert torch.allclose(held_grads[name], grads[name], rtol=1e-5, atol=1e-7), name

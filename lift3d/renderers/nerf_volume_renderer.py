@@ -41,6 +41,11 @@ class NeRFVolumeRenderer(BaseRenderer):
         # machine or GPU next to the models; lower it on smaller ones (lift3d/memory_check.py)
         eval_max_samples: int = 1 << 18
         eval_march_factor: int = 8  # a marching group holds at most this many × eval_max_samples candidates
+        # training: the kept samples' geometry in runs of this many samples, each recomputed in the backward
+        # pass instead of holding its activations (hash-grid features, MLP hidden layers: ~1 KB per sample
+        # with a 16-level grid) — the same images and gradients, one more field query per kept sample;
+        # 0: hold the activations (one geometry call for all samples, as before #24)
+        checkpoint_samples: int = 1 << 18
         grid_prune: bool = True
         grid_resolution: int = 32
         grid_update_interval: int = 16
@@ -199,7 +204,10 @@ class NeRFVolumeRenderer(BaseRenderer):
         positions = o[ray_idx] + t_dirs * ((t_starts + t_ends) * 0.5)[:, None]  # [S,3]
         want_normal = (self.material.requires_normal or self.cfg.return_comp_normal or not self.training
                        or self.cfg.return_normal_perturb)
-        geo = self.geometry(positions, output_normal=want_normal)
+        if self.training and self.cfg.checkpoint_samples > 0 and torch.is_grad_enabled():
+            geo = self._checkpointed_geometry(positions, want_normal)
+        else:
+            geo = self.geometry(positions, output_normal=want_normal)
         rgb = self.material(
             features=geo["features"], viewdirs=t_dirs, positions=positions,
             light_positions=lights[ray_idx], shading_normal=geo.get("normal"),
@@ -225,6 +233,26 @@ class NeRFVolumeRenderer(BaseRenderer):
                 jittered = positions + torch.randn_like(positions) * 1e-2
                 out["normal_perturb"] = self.geometry(jittered, output_normal=True)["normal"]
         return out
+
+    def _checkpointed_geometry(self, positions: torch.Tensor, want_normal: bool) -> dict[str, torch.Tensor]:
+        """The geometry at positions [S,3] in runs of at most `checkpoint_samples`, each recomputed in the
+        backward pass (torch.utils.checkpoint) instead of holding its activations: {density [S,1],
+        features [S,F], normal [S,3] when asked}. The material stays outside (it may draw Python random
+        numbers, which a recomputation would not replay)."""
+        from torch.utils.checkpoint import checkpoint
+
+        def field(points: torch.Tensor):
+            geo = self.geometry(points, output_normal=want_normal)
+            return geo["density"], geo["features"], geo.get("normal")
+
+        budget = int(self.cfg.checkpoint_samples)
+        parts = [checkpoint(field, positions[a : a + budget], use_reentrant=False)
+                 for a in range(0, positions.shape[0], budget)] or [field(positions)]
+        density, features = (torch.cat([p[i] for p in parts]) if len(parts) > 1 else parts[0][i] for i in (0, 1))
+        geo = {"density": density, "features": features}
+        if want_normal:
+            geo["normal"] = torch.cat([p[2] for p in parts]) if len(parts) > 1 else parts[0][2]
+        return geo
 
 
 def _runs(counts: torch.Tensor, budget: int, max_len: int) -> list[tuple[int, int]]:
