@@ -149,7 +149,7 @@ def _run(args: argparse.Namespace, extras: list[str], stopper) -> int:
 
     from lift3d import memory_check
 
-    check_memory, extras = memory_check.pop_switch(extras)  # memory_check=false skips the check below
+    check_memory, extras = memory_check.pop_switch(extras, default=None)  # memory_check=false skips the check below
     cfg = load_config(args.config, cli_args=extras)
     validate_experiment(cfg, fitting=args.train, cli_args=extras)  # every section checked before any work starts
     # several processes (trainer.devices x trainer.num_nodes > 1): Lightning DDP, docs/distributed.md
@@ -163,7 +163,8 @@ def _run(args: argparse.Namespace, extras: list[str], stopper) -> int:
     resume_ckpt = read_checkpoint(cfg.resume, "resume") if cfg.resume else None  # empty/truncated/foreign: exit 2
     # pre-flight memory estimate (lift3d/memory_check.py): before any model is loaded or folder written
     on_gpu = torch.cuda.is_available() and cfg.trainer.get("accelerator", "gpu") != "cpu"
-    memory_check.check(cfg, "cuda" if on_gpu else "cpu", fitting=args.train, enabled=check_memory)
+    memory_check.check(cfg, "cuda" if on_gpu else "cpu", fitting=args.train,
+                       enabled=bool(cfg.memory_check) if check_memory is None else check_memory)  # CLI over file
     from lift3d.models.loading import check_config_weights
 
     check_config_weights(cfg)  # truncated / damaged model weights (headers only): exit 2 before any folder

@@ -81,6 +81,9 @@ class ExperimentConfig:
     system: dict = field(default_factory=dict)
     trainer: dict = field(default_factory=dict)
     checkpoint: dict = field(default_factory=dict)
+    # launch.py's pre-flight memory estimate refuses a run that does not fit (lift3d/memory_check.py);
+    # false: print the estimate and run anyway (memory_check=false on the command line wins over the file)
+    memory_check: bool = True
 
 
 # ---------------------------------------------------------------- loading
@@ -211,6 +214,30 @@ def check_keys(cls: type, cfg: Any, path: str, component: str) -> None:
             check_keys(nested, value, full, component)
 
 
+# encoding / network types that take the same keys as another (a progressive-band hash grid is a hash grid)
+_OTYPE_FAMILY = {"ProgressiveBandHashGrid": "HashGrid", "Grid": "HashGrid", "ProgressiveBandFrequency": "Frequency",
+                 "SphereInitVanillaMLP": "VanillaMLP"}
+
+
+def _switched_types(base: DictConfig, cfg: Any) -> list:
+    """Keys of `cfg` holding a mapping whose `otype` is of another family than the default mapping's
+    (an encoding / network config switched to another kind): such a mapping replaces the default
+    instead of being merged into it, so no key of the default kind leaks into the new one — threestudio
+    builds its configs from the given dict alone (e.g. `dir_encoding_config: {otype:
+    ProgressiveBandFrequency, n_frequencies: 6}` over the default `{otype: SphericalHarmonics, degree: 3}`)."""
+    keys = []
+    for key in cfg.keys():
+        if key not in base:
+            continue
+        default, given = base._get_node(key), cfg[key]
+        if isinstance(default, DictConfig) and isinstance(given, (dict, DictConfig)) and "otype" in default \
+                and "otype" in given:
+            old, new = str(default["otype"]), str(given["otype"])
+            if _OTYPE_FAMILY.get(old, old) != _OTYPE_FAMILY.get(new, new):
+                keys.append(key)
+    return keys
+
+
 def parse_structured(cls: type, cfg: Any = None, path: str = "", component: str = "") -> Any:
     """Build a typed, read-only-keyed OmegaConf object of `cls` from `cfg` (dict/DictConfig/None).
 
@@ -225,7 +252,12 @@ def parse_structured(cls: type, cfg: Any = None, path: str = "", component: str 
         )
     check_keys(cls, cfg, path, component)
     try:
-        return OmegaConf.merge(OmegaConf.structured(cls), cfg)
+        base = OmegaConf.structured(cls)
+        switched = _switched_types(base, cfg)
+        merged = OmegaConf.merge(base, {k: v for k, v in cfg.items() if k not in switched} if switched else cfg)
+        for key in switched:  # a dict of another `otype` replaces the default one (threestudio's meaning)
+            merged[key] = cfg[key]
+        return merged
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", "") or ""
         where = f"{path}.{key}" if path and key else (path or key)

@@ -20,7 +20,8 @@ The per-sample / per-pixel figures are peak RSS increments measured on CPU with 
 (benchmarks/bench_memory.py checks the whole estimate against measured peaks: benchmarks/RESULTS.md).
 Free memory: /proc/meminfo MemAvailable on CPU, torch.cuda.mem_get_info on GPU; the environment
 variable LIFT3D_FREE_MEMORY (bytes, or a number with K/M/G) replaces the measured figure (tests,
-or to reserve memory for something else). `memory_check=false` on the command line skips the check.
+or to reserve memory for something else). `memory_check=false` on the command line, or
+`memory_check: false` at the config file's top level, skips the check (the estimate is still printed).
 """
 from __future__ import annotations
 
@@ -264,9 +265,10 @@ def free_memory(device: str) -> tuple[int, str]:
     return 1 << 62, "RAM (unknown)"
 
 
-def pop_switch(extras: list[str]) -> tuple[bool, list[str]]:
-    """Take `memory_check=<bool>` out of launch.py's overrides → (enabled, the other overrides)."""
-    enabled, rest = True, []
+def pop_switch(extras: list[str], default: bool = True) -> tuple[bool, list[str]]:
+    """Take `memory_check=<bool>` out of launch.py's overrides → (enabled, the other overrides);
+    `default` (the config file's top-level `memory_check`) when the command line does not say."""
+    enabled, rest = default, []
     for arg in extras:
         if arg.split("=", 1)[0] == "memory_check":
             value = arg.split("=", 1)[1].strip().lower() if "=" in arg else ""

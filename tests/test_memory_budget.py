@@ -383,3 +383,28 @@ def test_checkpointed_training_samples_give_the_same_images_and_gradients(patch,
     for name in held_grads:
         assert held_grads[name].abs().sum() > 0, name
         assert torch.allclose(held_grads[name], grads[name], rtol=1e-5, atol=1e-7), name
+
+
+@pytest.mark.parametrize("in_file, cli, enabled", [(None, None, True), (False, None, False), (False, "true", True),
+                                                   (None, "false", False)])
+def test_memory_check_switch_from_the_config_file_or_the_command_line(tmp_path, monkeypatch, in_file, cli, enabled):
+    """`memory_check: false` at the config's top level, or memory_check=false on the command line (which wins),
+    turns the refusal off; the check (which prints the estimate) still runs."""
+    import launch
+    from lift3d import memory_check
+    from lift3d.errors import ConfigError
+    from tests.helpers import REPO
+
+    seen = []
+
+    def record(cfg, device, fitting, enabled=True, log=print):
+        seen.append(enabled)
+        raise ConfigError("stop after the check")
+
+    monkeypatch.setattr(memory_check, "check", record)
+    config = tmp_path / "exp.yaml"
+    text = (REPO / "configs/reconstruct-nerf.yaml").read_text()
+    config.write_text(text + ("" if in_file is None else f"\nmemory_check: {str(in_file).lower()}\n"))
+    args = ["--config", str(config), "--train", f"exp_root_dir={tmp_path / 'out'}"]
+    assert launch.main(args + ([] if cli is None else [f"memory_check={cli}"])) == 2
+    assert seen == [enabled] and not (tmp_path / "out").exists()
