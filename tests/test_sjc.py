@@ -105,7 +105,7 @@ def test_emptiness_and_center_depth_terms():
 SMALL = [
     "trainer.max_steps=2", "checkpoint.every_n_train_steps=2", "trainer.val_check_interval=2",
     "trainer.enable_progress_bar=false", "system.renderer.num_samples_per_ray=16", "system.geometry.grid_size=[16,16,16]",
-    "system.geometry.isosurface_resolution=16", "system.geometry.isosurface_threshold=auto",
+    "system.geometry.isosurface_resolution=16",  # isosurface_threshold: volume-grid default auto
     "data.width=16", "data.height=16", "data.eval_width=16", "data.eval_height=16",
     "data.n_val_views=1", "data.n_test_views=2", "system.prompt_processor.prompt=a red cube",
     "system.loss.lambda_emptiness=1.0", "system.loss.lambda_depth=1.0",

@@ -34,6 +34,9 @@ class VolumeGrid(ImplicitVolume):
         density_bias: Union[float, str] = "blob"  # blob (= blob_magic3d) | blob_magic3d | blob_dreamfusion | a number
         density_blob_scale: float = 5.0
         density_blob_std: float = 0.5
+        # threestudio's volume-grid inherits 0 (every point of a softplus density is inside: no surface);
+        # the field's mean finds the grid's surface whatever its density scale (sjc.yaml's bias -1 keeps it < 1)
+        isosurface_threshold: Union[float, str] = "auto"
 
     @classmethod
     def validate_config(cls, cfg: Any, path: str = "system.geometry") -> None:
