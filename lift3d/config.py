@@ -230,8 +230,9 @@ def _switched_types(base: DictConfig, cfg: Any) -> list:
         if key not in base:
             continue
         default, given = base._get_node(key), cfg[key]
-        if isinstance(default, DictConfig) and isinstance(given, (dict, DictConfig)) and "otype" in default \
-                and "otype" in given:
+        if not isinstance(default, DictConfig) or default._is_none() or default._is_missing():
+            continue
+        if isinstance(given, (dict, DictConfig)) and "otype" in default and "otype" in given:
             old, new = str(default["otype"]), str(given["otype"])
             if _OTYPE_FAMILY.get(old, old) != _OTYPE_FAMILY.get(new, new):
                 keys.append(key)

@@ -334,3 +334,12 @@ def test_usd_repository_configs_verbatim(tiny, tmp_path, one_torch_thread):
     texture = _run("usd-text-to-3D-texture", tiny, tmp_path, _last_ckpt(geometry))
     assert all(float(r["train/loss_usd"]) > 0 for r in _losses(texture))
     assert list((texture.trial / "save").glob("it2-export/*.obj"))
+
+
+@pytest.mark.slow
+def test_zero123_and_stable_zero123_verbatim(tiny, tmp_path, one_torch_thread):
+    zero123 = _run("zero123", tiny, tmp_path)  # Adan, freq, normal smoothness (3D: return_normal_perturb)
+    logged = _losses(zero123)
+    assert all(float(r["train/loss_3d_normal_smooth"]) >= 0 and float(r["train/loss_rgb"]) > 0 for r in logged)
+    stable = _run("stable-zero123", tiny, tmp_path)  # resolution milestones, cmaxgt0 resolvers
+    assert list((stable.trial / "save").glob("it2-export/*.obj"))

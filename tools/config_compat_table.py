@@ -47,12 +47,13 @@ PREVIOUS_STAGE = {
     "fantasia3d-texture": "fantasia3d",
     "prolificdreamer-geometry": "prolificdreamer-patch",
     "prolificdreamer-texture": "prolificdreamer-geometry",
-    "zero123-geometry": "zero123",
+    "zero123-geometry": "stable-zero123",  # its texture field matches (zero123.yaml: progressive band, 1 layer)
     "magic123-refine-sd": "magic123-coarse-sd",
     "magic123-hifa-refine-sd": "magic123-hifa-coarse-sd",
     "usd-text-to-3D-geometry": "usd-text-to-3D-patch",
     "usd-text-to-3D-texture": "usd-text-to-3D-geometry",
-    "imagecondition_zero123nerf_refine": "imagecondition_zero123nerf",
+    "imagecondition_zero123nerf_refine": "stable-zero123",  # its texture field matches (imagecondition's: 1 layer)
+    "latentnerf-refine": "latentnerf",
 }
 ZERO123_GUIDANCES = ("zero123-guidance", "stable-zero123-guidance", "zero123-unified-guidance")
 IF_GUIDANCES = ("deep-floyd-guidance",)
@@ -113,6 +114,37 @@ def _is_missing(raw: Any, key: str) -> bool:
     return OmegaConf.is_missing(parent, leaf)
 
 
+def _positive_somewhere(value: Any) -> bool:
+    from lift3d.config import schedule_max
+
+    try:
+        return value is not None and schedule_max(value) > 0
+    except Exception:  # noqa: BLE001 - not a schedule: the config's own check reports it
+        return False
+
+
+def _declares(type_name: Any, key: str) -> bool:
+    """Whether the registered component `type_name` has the config key `key`."""
+    import dataclasses
+
+    from lift3d.registry import find, is_registered
+
+    if not isinstance(type_name, str) or not is_registered(type_name):
+        return False
+    return any(f.name == key for f in dataclasses.fields(find(type_name).Config))
+
+
+def _has_isosurface_threshold(geometry_type: Any) -> bool:
+    """Whether the geometry extracts its surface at a level (`isosurface_threshold`, "auto" allowed)."""
+    import dataclasses
+
+    from lift3d.registry import find, is_registered
+
+    if not isinstance(geometry_type, str) or not is_registered(geometry_type):
+        return False
+    return any(f.name == "isosurface_threshold" for f in dataclasses.fields(find(geometry_type).Config))
+
+
 def _sized(value: Any, size: Any) -> str:
     """`size` as an override value shaped like `value` (an int, or a list of the same length)."""
     if OmegaConf.is_list(value) or isinstance(value, (list, tuple)):
@@ -138,23 +170,32 @@ def input_overrides(raw: Any, models: TinyModels, previous_ckpt: Optional[str] =
             continue
         section_type = system.get(f"{section}_type")
         for key in MODEL_KEYS:
-            if key in body and isinstance(body.get(key), str) and body.get(key):
+            given = key in body and isinstance(body.get(key), str) and body.get(key)
+            # a model the config leaves to the component's default (a hub id) is given too
+            default = key == "pretrained_model_name_or_path" and key not in body and section != "prompt_processor" \
+                and _declares(section_type, key)
+            if given or default:
                 out.append(f"system.{section}.{key}={_model_for(section_type, key, models, section)}")
     if system.get("guidance_type") == "usd-guidance":  # the USD repository hard-codes its Zero-1-to-3 folder
         out.append(f"system.guidance.zero123_model_name_or_path={models.zero123}")
     if _is_missing(raw, "system.prompt_processor.prompt"):
         out.append(f"system.prompt_processor.prompt={PROMPT}")
     data = raw.get("data") or {}
-    if "image_path" in data:
+    if "image_path" in data.keys():  # (a ??? value is not `in` a DictConfig)
         out.append(f"data.image_path={models.image}")
+    loss = system.get("loss") or {}
+    if raw.get("data_type") == "single-image-datamodule" and "requires_depth" not in data.keys() \
+            and _positive_somewhere(loss.get("lambda_depth")):  # older configs: the depth estimate is an input
+        out.append("data.requires_depth=true")
     if isinstance(system.get("guidance"), dict) or OmegaConf.is_dict(system.get("guidance")):
         if "image_path" in system.guidance:
             out.append(f"system.guidance.image_path={models.image}")
     material = system.get("material") or {}
     if "environment_texture" in material:
         out.append(f"system.material.environment_texture={ENV_MAP}")
-    if _is_missing(raw, "system.geometry_convert_from"):
-        out.append(f"system.geometry_convert_from={previous_ckpt if previous_ckpt else 'null'}")
+    for key in ("system.geometry_convert_from", "system.weights"):  # a stage that continues another
+        if _is_missing(raw, key):
+            out.append(f"{key}={previous_ckpt if previous_ckpt else 'null'}")
     return out
 
 
@@ -183,6 +224,8 @@ def tiny_overrides(raw: Any, steps: int = 2) -> list[str]:
         out += ["system.geometry.pos_encoding_config.n_levels=4", "system.geometry.pos_encoding_config.log2_hashmap_size=12"]
         if "start_level" in encoding:
             out.append("system.geometry.pos_encoding_config.start_level=2")
+    if _has_isosurface_threshold(system.get("geometry_type")):  # 2 steps leave a faint field: its mean level
+        out.append("system.geometry.isosurface_threshold=auto")
     if "shape_init" in geometry:  # the SDF's fit to its initial shape: a few steps on few points
         out += ["system.geometry.shape_init_steps=10", "system.geometry.shape_init_batch_size=1000"]
     if "isosurface_resolution" in geometry or system.get("geometry_type") == "tetrahedra-sdf-grid":
@@ -271,7 +314,7 @@ def run_config(path: Path, models: TinyModels, root: Path, previous_ckpt: Option
     if not ckpts:
         return Row(str(path), "error", "training wrote no checkpoint", time.perf_counter() - start, trial)
     # 2 steps leave a faint density: export at its mean level (threestudio's advice for NeRF exports)
-    export_level = ["system.geometry.isosurface_threshold=auto"] if _plain(raw, "system.geometry_type") == "implicit-volume" else []
+    export_level = ["system.geometry.isosurface_threshold=auto"] if _has_isosurface_threshold(_plain(raw, "system.geometry_type")) else []
     for mode, extra in (("--test", []), ("--export", export_level)):
         code, err = _launch(["--config", str(trial / "configs/parsed.yaml"), mode, f"resume={ckpts[-1]}", *extra])
         if code != 0:
@@ -289,18 +332,28 @@ def config_files(folders: list[Path]) -> list[tuple[Path, Path]]:
     return found
 
 
+def previous_of(folder: Path, path: Path, files: list[tuple[Path, Path]]) -> Optional[Path]:
+    """The config of the stage `path` continues (PREVIOUS_STAGE): in its own folder first, else
+    anywhere under the same root folder."""
+    previous = PREVIOUS_STAGE.get(path.stem)
+    if not previous:
+        return None
+    same_root = [p for f, p in files if f == folder and p.stem == previous]
+    near = [p for p in same_root if p.parent == path.parent]
+    return (near or same_root or [None])[0]
+
+
 def stage_order(files: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
     """Files with every previous stage before the stage that continues it."""
-    by_stem = {(f, p.parent, p.stem): (f, p) for f, p in files}
+    by_path = {p: (f, p) for f, p in files}
     ordered: list[tuple[Path, Path]] = []
 
     def visit(item: tuple[Path, Path]) -> None:
         if item in ordered:
             return
-        folder, path = item
-        previous = PREVIOUS_STAGE.get(path.stem)
-        if previous and (folder, path.parent, previous) in by_stem:
-            visit(by_stem[(folder, path.parent, previous)])
+        previous = previous_of(item[0], item[1], files)
+        if previous is not None:
+            visit(by_path[previous])
         ordered.append(item)
 
     for item in files:
@@ -310,20 +363,18 @@ def stage_order(files: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
 
 def evaluate(folders: list[Path], check_only: bool, work: Path, log=print) -> list[Row]:
     models = TinyModels.build(work / "tiny-models")
+    files = config_files(folders)
     rows: dict[Path, Row] = {}
-    for folder, path in stage_order(config_files(folders)):
-        previous = PREVIOUS_STAGE.get(path.stem)
-        prev_row = rows.get(path.parent / f"{previous}.yaml") if previous else None
+    for folder, path in stage_order(files):
+        previous = previous_of(folder, path, files)
+        prev_row = rows.get(previous) if previous is not None else None
         prev_ckpt = None
         if prev_row is not None and prev_row.trial is not None:
             ckpts = sorted((prev_row.trial / "ckpts").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
             prev_ckpt = str(ckpts[-1]) if ckpts else None
-        if check_only:
-            row = check_config(path, models, prev_ckpt)
-        else:
-            row = check_config(path, models, prev_ckpt)
-            if row.outcome == "validates":
-                row = run_config(path, models, work / "runs" / path.stem, prev_ckpt)
+        row = check_config(path, models, prev_ckpt)
+        if not check_only and row.outcome == "validates":
+            row = run_config(path, models, work / "runs" / path.stem, prev_ckpt)
         row.config = str(path.relative_to(folder.parent))
         rows[path] = row
         log(f"{row.outcome:18s} {row.config} ({row.seconds:.1f} s) {row.detail[:160]}")

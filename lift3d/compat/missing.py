@@ -68,10 +68,15 @@ MISSING_COMPONENTS: dict[str, MissingComponent] = {
 # values of keys of registered components that name a feature lift3d does not have yet:
 # (section under system, key, values) -> entry. Unlike names, a value cannot be asked of the registry:
 # remove an entry when its feature lands (tests/test_threestudio_configs.py lists them).
-MISSING_VALUES: dict[tuple[str, str, tuple[str, ...]], MissingComponent] = {
+MISSING_VALUES: dict[tuple[str, str, tuple[Any, ...]], MissingComponent] = {
     ("renderer", "estimator", ("importance", "proposal")): MissingComponent(
         "threestudio's importance / proposal-network ray samplers (`estimator`; lift3d samples with its "
         "occupancy grid, `estimator: occgrid`)", "NeRF sampling", 16),
+    ("guidance", "guidance_type", ("vsd",)): MissingComponent(
+        "the VSD mode of threestudio's unified guidances (`guidance_type: vsd`; VSD itself is "
+        "stable-diffusion-vsd-guidance)", "ProlificDreamer (unified guidance)", 15),
+    ("prompt_processor", "use_perp_neg", (True,)): MissingComponent(
+        "Perp-Neg's view-dependent negative prompts (`use_perp_neg: true`)", "Perp-Neg (used by SDI)", 16),
     ("geometry", "finite_difference_normal_eps", ("progressive",)): MissingComponent(
         "Neuralangelo's progressive finite-difference step (`finite_difference_normal_eps: progressive`)",
         "NeuS / TextMesh", 16),
@@ -122,8 +127,8 @@ def missing_names(raw: Any) -> list[tuple[str, str, MissingComponent]]:
     for (section, key, values), entry in MISSING_VALUES.items():
         body = system.get(section) if isinstance(system, (dict, DictConfig)) else None
         value = body.get(key) if isinstance(body, (dict, DictConfig)) and key in body else None
-        if isinstance(value, str) and value in values:
-            found.append((f"system.{section}.{key}", value, entry))
+        if isinstance(value, (str, bool)) and any(value is v or (isinstance(v, str) and value == v) for v in values):
+            found.append((f"system.{section}.{key}", str(value), entry))
     return found
 
 
