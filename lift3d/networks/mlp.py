@@ -128,8 +128,9 @@ class VanillaMLP(nn.Module):
         return self.output_activation(self.layers(x))
 
 
-_MLP_OTYPES = ("VanillaMLP", "FullyFusedMLP")
+_MLP_OTYPES = ("VanillaMLP", "FullyFusedMLP", "SphereInitVanillaMLP")
 _MLP_KEYS = ("otype", "activation", "output_activation", "n_neurons", "n_hidden_layers")
+_SPHERE_INIT_KEYS = ("sphere_init_radius", "inside_out")  # SphereInitVanillaMLP (lift3d.networks.sphere_init_mlp)
 
 
 def validate_mlp_config(config: Any) -> Dict[str, Any]:
@@ -137,7 +138,7 @@ def validate_mlp_config(config: Any) -> Dict[str, Any]:
     cfg = config_to_dict(config)
     otype = cfg.get("otype")
     check_otype("network", otype, _MLP_OTYPES)
-    check_config_keys(f"network '{otype}'", cfg, _MLP_KEYS)
+    check_config_keys(f"network '{otype}'", cfg, _MLP_KEYS + (_SPHERE_INIT_KEYS if otype == "SphereInitVanillaMLP" else ()))
     return cfg
 
 
@@ -147,5 +148,8 @@ def get_mlp(n_input_dims: int, n_output_dims: int, config: Any) -> VanillaMLP:
     Raises ``ConfigError`` for an unknown otype or key.
     """
     cfg = validate_mlp_config(config)
-    cfg.pop("otype")
+    if cfg.pop("otype") == "SphereInitVanillaMLP":
+        from lift3d.networks.sphere_init_mlp import SphereInitVanillaMLP
+
+        return SphereInitVanillaMLP(n_input_dims, n_output_dims, **cfg)
     return VanillaMLP(n_input_dims, n_output_dims, **cfg)
