@@ -46,11 +46,11 @@ DEBIAS_COLOURS = ["blue", "green", "yellow", "purple"]
 
 
 def kid(real: torch.Tensor, fake: torch.Tensor) -> float:
-    """Unbiased MMD² with the cubic polynomial kernel (k(x,y) = (x·y/d + 1)³, KID's), features [N,d]
-    standardised by the real set's mean and std per dimension (the toy features are not Inception's scale)."""
-    mean, std = real.mean(0), real.std(0).clamp_min(1e-6)
-    real, fake = (real - mean) / std, (fake - mean) / std
+    """Unbiased MMD² with the cubic polynomial kernel (k(x,y) = (x·y/d + 1)³, KID's), features [N,d] scaled to
+    norm sqrt(d) (so x·y/d is their cosine: the toy features are not on Inception's scale, and a per-dimension
+    standardisation explodes on the near-constant features of a one-object target set)."""
     d = real.shape[1]
+    real, fake = [torch.nn.functional.normalize(f, dim=1) * d ** 0.5 for f in (real, fake)]
     k = lambda a, b: (a @ b.T / d + 1) ** 3  # noqa: E731
     m, n = real.shape[0], fake.shape[0]
     krr, kff, krf = k(real, real), k(fake, fake), k(real, fake)
@@ -160,6 +160,7 @@ def main(argv=None) -> int:
                                           depth=src["depth"], strength=1.0, specialized=specialized,
                                           switch_timestep=500, **common),
     }
+    torch.save({"sets": sets, "source": src, "labels": labels, "true_target": true_target}, out / "sets.pt")
     log("generated sets")
     results = {"n": n, "finetune_steps": args.finetune_steps, "adapt_steps": args.adapt_steps,
                "ddim_steps": args.num_steps, "sets": {}}
