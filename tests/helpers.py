@@ -111,6 +111,7 @@ class _LaunchServer:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                self.proc.wait()
         self.proc = None
         if self.log is not None:
             self.log.unlink(missing_ok=True)

@@ -131,6 +131,8 @@ def serve() -> None:
         protocol.write(json.dumps({"pid": pid}) + "\n")
         _, status = os.waitpid(pid, 0)
         protocol.write(json.dumps({"rc": os.waitstatus_to_exitcode(status)}) + "\n")
+    protocol.flush()
+    os._exit(0)  # the client closed its end: no interpreter teardown of the preloaded libraries needed
 
 
 if __name__ == "__main__":
