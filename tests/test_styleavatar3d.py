@@ -240,3 +240,56 @@ def test_data_then_gan_with_the_pose_aware_discriminator_through_launch(tmp_path
     trial = next(out.glob("styleavatar3d-gan/*"))
     logged = "".join(p.read_text() for p in trial.glob("csv_logs/**/metrics.csv"))
     assert "train/D_pose_fine_fraction" in logged
+
+
+# ------------------------------------------------------------------ point 3: image-guided W prior
+def test_w_prior_recovers_trained_ws_from_their_renders_better_than_chance():
+    from custom.styleavatar3d.image_prior import ToyImageEncoder, WSpacePrior
+    from custom.styleavatar3d.prior_system import frontal_label
+    from lift3d.gan.pretrained import load_any_generator
+
+    torch.manual_seed(0)
+    generator = load_any_generator("load/gan/toy-red-cube-triplane.pt").eval()
+    n = 8
+    label = frontal_label(15.0, 2.0, 40.0).expand(n, -1)
+    with torch.no_grad():
+        ws = generator.mapping(torch.randn(n, generator.z_dim), label)
+        renders = ((generator.synthesis(ws, label)["image"] + 1) / 2).clamp(0, 1)
+    w, cond = ws[:, 0], ToyImageEncoder()(renders)
+    prior = WSpacePrior(w.shape[1], cond.shape[1], num_layers=1, num_heads=2, head_dim=16)
+    prior.set_statistics(w, cond)
+    opt = torch.optim.Adam(prior.parameters(), lr=2e-3)
+    for _ in range(250):
+        loss = prior.loss(w, cond, uncond_prob=0.1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    sampled = prior.sample(cond, num_steps=10, guidance_scale=2.0, generator=torch.Generator().manual_seed(0))
+    dist = torch.cdist(sampled, w)  # [n, n]
+    rank = (dist < dist.diag()[:, None]).sum(1).float()  # 0: its own w is the nearest training w
+    assert (rank == 0).float().mean() >= 3 / n, rank  # chance: 1/n
+    assert rank.mean() < 0.5 * (n - 1) / 2, rank  # chance: (n-1)/2
+
+
+@pytest.mark.slow
+def test_prior_stage_trains_and_exports_an_avatar_from_an_image(tmp_path):
+    import json
+
+    import launch
+
+    out = tmp_path / "out"
+    common = ["--config", "custom/styleavatar3d/configs/styleavatar3d-prior.yaml"]
+    assert launch.main([*common, "--train", f"exp_root_dir={out}", "data.n_pairs=8", "data.batch_size=8",
+                        "trainer.max_steps=3", "system.num_layers=1", "system.num_steps=2"]) == 0
+    trial = next(out.glob("styleavatar3d-prior/*"))
+    recovery = json.loads((trial / "save" / "prior_recovery.json").read_text())
+    assert recovery["n_eval"] == 8 and recovery["chance_mean_rank"] == 3.5
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (220, 40, 30)).save(tmp_path / "input.png")
+    assert launch.main(["--config", str(trial / "configs" / "parsed.yaml"), "--export",
+                        f"resume={trial / 'ckpts' / 'last.ckpt'}", f"system.input_image={tmp_path / 'input.png'}",
+                        "system.n_frames=3", "system.export_resolution=16"]) == 0
+    export = next(trial.glob("save/it*-export"))
+    assert (export / "avatar.mp4").is_file() and (export / "avatar.obj").is_file() and (export / "avatar.glb").is_file()
+    assert len(list((export / "frames").glob("*.png"))) == 3

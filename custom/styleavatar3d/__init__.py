@@ -7,8 +7,11 @@ from scratch on multi-view images that a ControlNet paints from renders of exist
   edge and landmark conditions (mesh_conditions.py, landmarks.py);
 - `styleavatar3d-data-system` (data_system.py): ControlNet / multi-ControlNet generation (controlnet_generation.py,
   multi_controlnet.py) with style / attribute / view prompts (view_prompts.py), flips, EG3D dataset output;
+- `styleavatar3d-w-pairs-datamodule` and `styleavatar3d-prior-system` (prior_system.py): the image-guided W-space
+  prior (diffusers' PriorTransformer, image_prior.py) trained on (w, frontal render) pairs of the GAN; --export
+  makes the avatar of an input image (turntable video + mesh);
 
 Horizontal flips with mirrored labels: flip_augmentation.py. Configs: custom/styleavatar3d/configs/,
 commands: README "StyleAvatar3D".
 """
-from . import data, data_system, pose_aware_discriminator  # noqa: F401  (registration)
+from . import data, data_system, pose_aware_discriminator, prior_system  # noqa: F401  (registration)
