@@ -80,8 +80,54 @@ def _signal_case(tmp: Path, sig: signal.Signals, code: int) -> dict:
             "silent": proc.returncode == 0}
 
 
-def run_rows(tmp: Path) -> list[dict]:
+MODEL_CONFIG = "custom/usd/configs/usd-text-to-3D-patch.yaml"
+
+
+def _model_args(root: Path, model: str) -> list[str]:
+    return ["--config", MODEL_CONFIG, "--train", f"exp_root_dir={root}", "system.prompt_processor.prompt=a red car",
+            f"system.prompt_processor.cache_dir={root.parent / (root.name + '-prompts')}",
+            f"system.prompt_processor.pretrained_model_name_or_path={model}",
+            f"system.guidance.pretrained_model_name_or_path={model}", "memory_check=false"]
+
+
+def model_rows(tmp: Path) -> list[dict]:
+    """Broken model downloads (#21): a Hub that stalls mid-download (tests/faults/fake_hub.py on
+    127.0.0.1, no network) and a model folder whose UNet weights were cut short."""
+    import shutil
+
+    from lift3d.models.tiny_factory import make_tiny_sd
+    from tests.faults.fake_hub import FakeHub
+
+    tiny = make_tiny_sd(tmp / "tiny-sd", seed=0)
     rows = []
+    root = tmp / "hub-stall"
+    with FakeHub(tiny, "tiny-org/tiny-sd", stall_suffix="unet/diffusion_pytorch_model.safetensors") as hub:
+        env = {"HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(tmp / "hf-cache"), "HF_HUB_DOWNLOAD_TIMEOUT": "2",
+               "NO_PROXY": "127.0.0.1", "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "DIFFUSERS_OFFLINE": "0",
+               "HF_HUB_DISABLE_XET": "1"}
+        proc = launch(_model_args(root, "tiny-org/tiny-sd"), env)
+        stalled = hub.stalled_gets
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("lift3d:") and "memory estimate" not in l]
+    rows.append({"case": "Hub stalls mid-download (UNet weights, HF_HUB_DOWNLOAD_TIMEOUT=2)",
+                 "expected": "exit 2, one line naming the stall and the fix, no folder",
+                 "observed": f"exit {proc.returncode} ({stalled} stalled GETs): {message(proc.stderr)[:110]}",
+                 "ok": proc.returncode == 2 and len(lines) == 1 and "stalled" in lines[0] and stalled >= 2
+                 and not root.exists(), "traceback": "Traceback" in proc.stderr, "silent": proc.returncode == 0})
+    broken = tmp / "tiny-sd-truncated"
+    shutil.copytree(tiny, broken)
+    weights = broken / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    root = tmp / "truncated-weights"
+    proc = launch(_model_args(root, str(broken)))
+    rows.append({"case": "model folder with truncated UNet weights", "expected": "exit 2, one line naming the file, no folder",
+                 "observed": f"exit {proc.returncode}: {message(proc.stderr)[:110]}",
+                 "ok": proc.returncode == 2 and str(weights) in proc.stderr and not root.exists(),
+                 "traceback": "Traceback" in proc.stderr, "silent": proc.returncode == 0})
+    return rows
+
+
+def run_rows(tmp: Path) -> list[dict]:
+    rows = model_rows(tmp)
     # a NaN appearing mid-run
     root = tmp / "nan"
     proc = launch(["--config", CONFIG, "--train", f"exp_root_dir={root}", "trainer.max_steps=20", *TINY],
