@@ -1,4 +1,4 @@
-"""ControlNet generation of one image per render (StyleAvatar3D §3.2; docs/methods/styleavatar3d.md): from pure
+"""ControlNet generation of one image per render (StyleAvatar3D data generation; docs/methods/styleavatar3d.md): from pure
 noise (the render's pixels are not used, only its conditions carry the pose), DDIM (lift3d.models.ddim) with
 classifier-free guidance (lift3d.models.cfg) against a per-image negative prompt, one noise generator per
 seed so an image does not depend on its batch. `model` is lift3d's StableDiffusionControlNet (one condition)

@@ -1,4 +1,4 @@
-"""`styleavatar3d-data-system`: StyleAvatar3D's pose-guided data generation (arXiv 2305.19012 §3.2;
+"""`styleavatar3d-data-system`: StyleAvatar3D's pose-guided data generation (arXiv 2305.19012 data generation;
 docs/methods/styleavatar3d.md), run by launch.py with `styleavatar3d-mesh-render-datamodule` (renders of
 existing 3D models with their conditions and camera labels). Nothing is trained (trainer.max_steps: 0); the
 test pass makes one image per render:

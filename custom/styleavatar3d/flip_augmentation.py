@@ -1,5 +1,5 @@
-"""Horizontal-flip augmentation with the mirrored camera label (StyleAvatar3D §3.2, "we flip images and
-labels"; EG3D's FFHQ preprocessing mirrors the same way). docs/methods/styleavatar3d.md.
+"""Horizontal-flip augmentation with the mirrored camera label (StyleAvatar3D, data generation: flip images with
+their labels; EG3D's FFHQ preprocessing mirrors the same way). docs/methods/styleavatar3d.md.
 
 Flipping an image left-right shows the scene mirrored through the plane spanned by the scene's `up` axis
 and its `front` axis. The mirrored camera (OpenCV cam2world [R | t], lift3d.gan.camera_label) is

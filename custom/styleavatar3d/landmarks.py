@@ -1,4 +1,4 @@
-"""OpenPose-style landmark maps of user-marked mesh landmarks (StyleAvatar3D §3.2 conditions heads on
+"""OpenPose-style landmark maps of user-marked mesh landmarks (StyleAvatar3D data generation conditions heads on
 pose / facial-landmark maps; docs/methods/styleavatar3d.md): each marked 3D point is projected into the
 view, kept if it is not hidden behind the surface (its view depth within `tolerance` of the rendered depth
 at its pixel), and drawn as a filled dot in its own colour (hues spread evenly over the landmarks, as

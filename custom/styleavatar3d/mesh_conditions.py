@@ -1,5 +1,5 @@
 """Renders of existing 3D models at StyleAvatar3D's poses and the ControlNet conditions made from them
-(arXiv 2305.19012 §3.2; docs/methods/styleavatar3d.md §"Pose-guided data generation").
+(arXiv 2305.19012 data generation; docs/methods/styleavatar3d.md §"Pose-guided data generation").
 
 Source meshes: any file lift3d reads (lift3d.ops.mesh_io: OBJ / PLY / GLB / GLTF / OFF / STL, centred and
 scaled to `radius`, `up_axis` y or z turned to lift3d's z up), a folder of them, or a toy-world shape

@@ -1,5 +1,5 @@
 """Stable Diffusion with several ControlNets at once (StyleAvatar3D's "hybrid" conditioning, arXiv 2305.19012
-§3.2: depth + pose/landmark maps): diffusers' MultiControlNetModel sums the residuals of every ControlNet,
+data generation: depth + pose/landmark maps): diffusers' MultiControlNetModel sums the residuals of every ControlNet,
 each scaled by its conditioning scale (Zhang et al., arXiv 2302.05543, "multiple conditions").
 
     model = StableDiffusionMultiControlNet.load("runwayml/stable-diffusion-v1-5", "system.pretrained_model_name_or_path",

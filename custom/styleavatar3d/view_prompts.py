@@ -1,4 +1,4 @@
-"""StyleAvatar3D's prompts per generated image (arXiv 2305.19012 §3.2; docs/methods/styleavatar3d.md):
+"""StyleAvatar3D's prompts per generated image (arXiv 2305.19012 data generation; docs/methods/styleavatar3d.md):
 
 - a style prompt (image i gets style_prompts[i mod S], so every style sees every pose range);
 - k attribute phrases sampled without replacement from a list (seeded per image), appended with commas;
