@@ -293,3 +293,37 @@ def test_prior_stage_trains_and_exports_an_avatar_from_an_image(tmp_path):
     export = next(trial.glob("save/it*-export"))
     assert (export / "avatar.mp4").is_file() and (export / "avatar.obj").is_file() and (export / "avatar.glb").is_file()
     assert len(list((export / "frames").glob("*.png"))) == 3
+
+
+# ------------------------------------------------------------------ point 4 (partial): LoRA characters
+def test_character_lora_is_loaded_into_the_generation_unet(tmp_path):
+    """A DreamBooth-LoRA saved in diffusers' format (custom/usd's helpers) changes the ControlNet generator's
+    noise prediction once loaded; a fresh adapter (B = 0) leaves it unchanged."""
+    from custom.styleavatar3d.data_system import load_character_lora
+    from custom.usd.view_distillation.dreambooth_lora import add_lora, save_lora
+    from lift3d.models.stable_diffusion_controlnet import StableDiffusionControlNet
+
+    def model():
+        return StableDiffusionControlNet.load("load/priors/toy-sd", "sd", shared=False,
+                                              controlnet_name_or_path="load/priors/toy-controlnet-depth")
+
+    donor = model()
+    add_lora(donor.unet, rank=2)
+    zero_dir, random_dir = tmp_path / "zero", tmp_path / "random"
+    save_lora(donor.unet, zero_dir)
+    with torch.no_grad():
+        for name, p in donor.unet.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.2, generator=torch.Generator().manual_seed(len(name)))
+    save_lora(donor.unet, random_dir)
+    g = torch.Generator().manual_seed(0)
+    z, t = torch.randn(1, 4, 16, 16, generator=g), torch.tensor([500])
+    text = torch.randn(1, 77, donor.unet.config.cross_attention_dim, generator=g)
+    control = torch.rand(1, 3, 32, 32, generator=g)
+    base = model()
+    eps = base.predict_noise(z, t, text, control_image=control)
+    with_zero, with_random = model(), model()
+    load_character_lora(with_zero, str(zero_dir))
+    load_character_lora(with_random, str(random_dir))
+    assert torch.allclose(with_zero.predict_noise(z, t, text, control_image=control), eps, atol=1e-5)
+    assert (with_random.predict_noise(z, t, text, control_image=control) - eps).abs().max() > 1e-3

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, List, Optional
 
 import numpy as np
@@ -38,6 +39,13 @@ from .controlnet_generation import generate_controlled
 from .flip_augmentation import mirror_labels
 from .mesh_conditions import CONDITION_KINDS, condition_image
 from .view_prompts import PromptRecipe, image_prompts
+
+
+def load_character_lora(model: Any, folder: str) -> None:
+    """Loads a DreamBooth-LoRA (diffusers format, custom/usd/view_distillation/dreambooth_lora.py) into model.unet."""
+    from custom.usd.view_distillation.dreambooth_lora import load_lora
+
+    load_lora(model.unet, Path(folder))
 
 
 @register("styleavatar3d-data-system")
@@ -68,6 +76,10 @@ class StyleAvatar3DDataSystem(TrialSaveDir, pl.LightningModule, Updateable):
         pose_filter: bool = False
         pose_threshold: float = 0.5
         background: float = 1.0
+        # LoRA characters (#18 point 4): a folder with a DreamBooth-LoRA of the image model
+        # (pytorch_lora_weights.safetensors, e.g. trained by custom/usd's view distillation, dreambooth_lora.py),
+        # loaded into this run's own copy of the UNet; name the character's token in style_prompts
+        lora_path: str = ""
 
     @classmethod
     def validate_config(cls, cfg: Any, path: str = "system", resumed: bool = False, fitting: bool = True,
@@ -88,6 +100,9 @@ class StyleAvatar3DDataSystem(TrialSaveDir, pl.LightningModule, Updateable):
         if c.num_steps < 1 or c.guidance_scale < 0 or not 0 <= c.pose_threshold <= 1:
             raise ConfigError(f"{path}: num_steps >= 1, guidance_scale >= 0 and pose_threshold in [0, 1] are required.")
         cls.model_class(len(c.conditions)).resolve(c.pretrained_model_name_or_path, f"{path}.pretrained_model_name_or_path")
+        if c.lora_path and not (Path(c.lora_path) / "pytorch_lora_weights.safetensors").is_file():
+            raise ConfigError(f"{path}.lora_path = '{c.lora_path}' holds no pytorch_lora_weights.safetensors: give the "
+                              f"folder of a DreamBooth-LoRA of the image model (or leave it empty).")
         return c
 
     @staticmethod
@@ -107,7 +122,10 @@ class StyleAvatar3DDataSystem(TrialSaveDir, pl.LightningModule, Updateable):
                  if len(paths) == 1 else {"controlnet_names_or_paths": tuple(paths),
                                           "controlnet_what": "system.controlnet_names_or_paths"})
         self.model = self.model_class(len(paths)).load(c.pretrained_model_name_or_path,
-                                                       "system.pretrained_model_name_or_path", **extra)
+                                                       "system.pretrained_model_name_or_path",
+                                                       shared=not c.lora_path, **extra)  # a LoRA: an own copy
+        if c.lora_path:
+            load_character_lora(self.model, c.lora_path)
         self.recipe = PromptRecipe(list(c.style_prompts), list(c.attributes), c.n_attributes, c.view_prompts,
                                    c.front_deg, c.back_deg, c.overhead_deg, c.negative_prompt,
                                    c.back_negative_prompt, c.side_negative_prompt)
