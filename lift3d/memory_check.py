@@ -4,9 +4,10 @@ loaded or trial folder written, and refuse to start — exit 2, one message — 
     peak = process baseline + weights on disk + field parameters (× optimizer state when training)
            + max(training step, evaluation view)
 
-- training step, volume renderers: march chunk × bytes per pruned candidate + rays × samples per
-  ray × kept fraction × bytes per kept sample (with autograd); the patch renderer's rays are the
-  low-resolution frame plus one patch;
+- training step, volume renderers: rays × samples per ray × kept fraction × bytes held per kept
+  sample + the larger of the march chunk (bytes per pruned candidate) and one recomputed run of
+  `checkpoint_samples` (with checkpoint_samples=0: march chunk + kept samples × bytes per sample with
+  all activations); the patch renderer's rays are the low-resolution frame plus one patch;
 - evaluation view, volume renderers: min(rays × samples per ray, `eval_max_samples`) × bytes per
   shaded sample (hash grid + MLPs + finite-difference normals, no autograd) + per-ray buffers — the
   renderer shades in sample chunks (lift3d/renderers/nerf_volume_renderer.py), so this no longer
@@ -42,8 +43,13 @@ BASELINE_GPU = 0  # device memory: the CUDA context is already taken when mem_ge
 EVAL_SAMPLE_BASE = 3730  # bytes per shaded sample at evaluation (finite-difference normals: 7 field queries) ...
 EVAL_SAMPLE_PER_LEVEL = 127  # ... plus this per hash-grid level
 MARCH_CANDIDATE = 1200  # bytes per candidate sample while marching with alpha pruning (one field query)
-TRAIN_SAMPLE = 1700  # bytes per kept sample in a training step (forward + backward)
-KEPT_FRACTION = 0.08  # kept / candidate samples of an early (blob-initialised) field (usd-patch, step 1)
+TRAIN_SAMPLE = 1700  # bytes per kept sample in a training step (forward + backward), activations held
+# with the NeRF renderer's checkpoint_samples (default): held per kept sample until the backward pass
+# (positions, directions, ray indices, density, features, compositing), and per sample of the one run
+# that is recomputed at a time (geometry forward + backward, hash-grid gradient transients)
+TRAIN_SAMPLE_HELD = 220
+TRAIN_SAMPLE_RECOMPUTED = 2000
+KEPT_FRACTION = 0.10  # kept / candidate samples of an early (blob-initialised) field (usd-patch at 512², step 1)
 PER_RAY_EVAL = 160  # per-ray buffers of an evaluation view (outputs, marching bounds, images)
 RASTER_PIXEL_TRAIN = 3000  # bytes per pixel of a mesh-rasterizer training view (with autograd)
 RASTER_PIXEL_EVAL = 1200  # bytes per pixel of a mesh-rasterizer evaluation view
@@ -236,7 +242,12 @@ def _volume(renderer: Any, train_rays: int, eval_rays: int, levels: int) -> tupl
     samples = int(renderer.num_samples_per_ray) + 1
     budget = int(_get(renderer, "eval_max_samples", 1 << 18))
     march = min(train_rays * samples, budget) * MARCH_CANDIDATE
-    train = march + int(train_rays * samples * KEPT_FRACTION) * TRAIN_SAMPLE
+    kept = int(train_rays * samples * KEPT_FRACTION)
+    run = int(_get(renderer, "checkpoint_samples", 0) or 0)
+    if run > 0:  # held compositing inputs + the larger of marching and one recomputed run
+        train = kept * TRAIN_SAMPLE_HELD + max(march, min(kept, run) * TRAIN_SAMPLE_RECOMPUTED)
+    else:
+        train = march + kept * TRAIN_SAMPLE
     shade = min(eval_rays * samples, budget) * (EVAL_SAMPLE_BASE + EVAL_SAMPLE_PER_LEVEL * levels)
     return train, shade + eval_rays * PER_RAY_EVAL
 
