@@ -3,13 +3,11 @@ loss continues (kill -9 during training, then `resume=<trial>/ckpts/last.ckpt`).
 import csv
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import torch
 
-from tests.helpers import REPO, only_trial, run_launch
+from tests.helpers import only_trial, run_launch, start_launch
 
 TINY = [
     "data.width=24", "data.height=24", "data.eval_width=24", "data.eval_height=24",
@@ -25,10 +23,9 @@ def logged_steps(trial):
 
 
 def test_kill_minus_nine_then_resume(tmp_path):
-    args = [sys.executable, str(REPO / "launch.py"), "--config", "configs/reconstruct-nerf.yaml", "--train",
-            f"exp_root_dir={tmp_path}", "trainer.max_steps=100000", *TINY]
-    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    args = ["--config", "configs/reconstruct-nerf.yaml", "--train", f"exp_root_dir={tmp_path}",
+            "trainer.max_steps=100000", *TINY]
+    proc = start_launch(args)  # its own process group, like Popen(start_new_session=True)
     try:
         deadline = time.time() + 240
         while time.time() < deadline:
