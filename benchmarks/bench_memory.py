@@ -91,7 +91,7 @@ def measure_one(argv: list[str]) -> dict:
     return out
 
 
-def run_subprocess(argv: list[str], timeout: int = 900) -> dict:
+def run_subprocess(argv: list[str], timeout: int = 3600) -> dict:
     env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     proc = subprocess.run([sys.executable, __file__, "--measure-one", json.dumps(argv)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
