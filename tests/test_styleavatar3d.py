@@ -258,8 +258,8 @@ def test_w_prior_recovers_trained_ws_from_their_renders_better_than_chance():
     w, cond = ws[:, 0], ToyImageEncoder()(renders)
     prior = WSpacePrior(w.shape[1], cond.shape[1], num_layers=1, num_heads=2, head_dim=16)
     prior.set_statistics(w, cond)
-    opt = torch.optim.Adam(prior.parameters(), lr=2e-3)
-    for _ in range(250):
+    opt = torch.optim.Adam(prior.parameters(), lr=3e-3)
+    for _ in range(60):
         loss = prior.loss(w, cond, uncond_prob=0.1)
         opt.zero_grad()
         loss.backward()
@@ -267,6 +267,7 @@ def test_w_prior_recovers_trained_ws_from_their_renders_better_than_chance():
     sampled = prior.sample(cond, num_steps=10, guidance_scale=2.0, generator=torch.Generator().manual_seed(0))
     dist = torch.cdist(sampled, w)  # [n, n]
     rank = (dist < dist.diag()[:, None]).sum(1).float()  # 0: its own w is the nearest training w
+    print("ranks of the own w among the trained ones:", rank.tolist())
     assert (rank == 0).float().mean() >= 3 / n, rank  # chance: 1/n
     assert rank.mean() < 0.5 * (n - 1) / 2, rank  # chance: (n-1)/2
 
