@@ -1,4 +1,4 @@
-"""StyleAvatar3D's image-guided generation (arXiv 2305.19012 image-guided generation; docs/methods/styleavatar3d.md): a latent
+"""StyleAvatar3D's image-guided generation (arXiv 2305.19012; docs/methods/styleavatar3d.md): a latent
 diffusion prior over the generator's W space, conditioned on an image embedding of a frontal render.
 
 - image encoders: CLIP vision (transformers CLIPVisionModelWithProjection, `image_embeds`, L2-normalised) when

@@ -1,5 +1,5 @@
-"""`pose-aware-discriminator`: StyleAvatar3D's coarse-to-fine pose-aware discriminator (arXiv 2305.19012
-coarse-to-fine discriminator; docs/methods/styleavatar3d.md). lift3d's camera-conditioned discriminator (lift3d/gan/discriminator.py,
+"""`pose-aware-discriminator`: StyleAvatar3D's coarse-to-fine pose-aware discriminator (arXiv 2305.19012;
+docs/methods/styleavatar3d.md). lift3d's camera-conditioned discriminator (lift3d/gan/discriminator.py,
 EG3D's projection discriminator) whose conditioning is not the 25-D camera label itself but a one-hot pose
 label made from it: yaw / pitch binned finely and coarsely, one of the two blocks kept per image and the
 other zeroed (custom/styleavatar3d/pose_bins.py). The fine block is kept with probability p_high for

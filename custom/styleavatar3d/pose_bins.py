@@ -1,5 +1,5 @@
 """Yaw / pitch of EG3D camera labels, their fine and coarse bins, and StyleAvatar3D's coarse-to-fine
-pose label (arXiv 2305.19012 coarse-to-fine discriminator; docs/methods/styleavatar3d.md §"Coarse-to-fine pose-aware discriminator").
+pose label (arXiv 2305.19012; docs/methods/styleavatar3d.md §"Coarse-to-fine pose-aware discriminator").
 
 Angles are read from the camera centre p of the label's cam2world (lift3d.gan.camera_label), in a frame
 given by the scene's `up` axis and its `front` axis (the direction a frontal camera sits in):

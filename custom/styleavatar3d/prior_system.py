@@ -1,4 +1,4 @@
-"""StyleAvatar3D stage 3 (arXiv 2305.19012 image-guided generation; docs/methods/styleavatar3d.md): the image-guided W-space prior.
+"""StyleAvatar3D stage 3 (arXiv 2305.19012; docs/methods/styleavatar3d.md): the image-guided W-space prior.
 
 - `styleavatar3d-w-pairs-datamodule`: (w, frontal render) pairs sampled from a trained generator (`generator_path`:
   a gan-system <trial>/ckpts/last.ckpt or a save_generator .pt): z ~ N(0, I), w = mapping(z, c_front),
@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List
 
 import numpy as np
 import pytorch_lightning as pl
