@@ -45,7 +45,7 @@ ENV_MAP = "load/lights/studio_sky.hdr"  # threestudio's configs name load/lights
 PREVIOUS_STAGE = {
     "magic3d-refine-sd": "magic3d-coarse-sd",
     "fantasia3d-texture": "fantasia3d",
-    "prolificdreamer-geometry": "prolificdreamer-patch",
+    "prolificdreamer-geometry": "prolificdreamer",  # threestudio README: stage 1 is prolificdreamer.yaml
     "prolificdreamer-texture": "prolificdreamer-geometry",
     "zero123-geometry": "stable-zero123",  # its texture field matches (zero123.yaml: progressive band, 1 layer)
     "magic123-refine-sd": "magic123-coarse-sd",

@@ -56,6 +56,9 @@ def _weight_config(value: Any) -> Any:
     if isinstance(v, dict) and v.get("otype") in _SCHEDULE_ONLY:
         otype, dropped = _SCHEDULE_ONLY[v["otype"]]
         v = {**{k: x for k, x in v.items() if k not in dropped}, "otype": otype}
+    if isinstance(v, dict):  # floats equal to 12 digits are the same (threestudio's configs write
+        # per_level_scale as 1.447269237440378 in one stage and 1.4472692374403782 in the next)
+        v = {k: float(f"{x:.12g}") if isinstance(x, float) else x for k, x in v.items()}
     return v
 
 
