@@ -5,13 +5,11 @@ import csv
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 
 import torch
 
-from tests.helpers import REPO, only_trial, run_launch
+from tests.helpers import only_trial, run_launch, start_launch
 import pytest
 
 pytestmark = pytest.mark.slow  # end-to-end: SIGKILL and resume three times (minutes); run with -m slow
@@ -37,9 +35,8 @@ def saved_step(path):
 
 
 def start(args, env_extra=None):
-    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env_extra or {}))
-    return subprocess.Popen([sys.executable, str(REPO / "launch.py"), *args], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    """launch.py in the background, its own process group (forked by tests/launch_server.py)."""
+    return start_launch(args, env_extra)
 
 
 def kill_after_checkpoint(proc, root, beyond, delay_s):
