@@ -81,7 +81,7 @@ def fill_referenced_defaults(raw: DictConfig) -> None:
         raise ConfigError(f"'data' must be a mapping of keys to values, got {data!r}.")
     for text in list(_strings(OmegaConf.to_container(raw, resolve=False))):
         for key in _REFERENCE.findall(text):
-            if key in data:
+            if key in data.keys():  # `key in data` is False for a ??? value: that one stays mandatory
                 continue
             try:
                 data[key] = _field_default(config_cls, key)
