@@ -49,6 +49,7 @@ BUILTIN_MODULES = (
     "lift3d.export.pbr_textures",
     "lift3d.renderers.neus_volume_renderer",
     "lift3d.data.multiview_images",
+    "lift3d.data.multiview_camera",
     "lift3d.systems.multiview_reconstruction",
     "lift3d.gan.triplane_generator",
     "lift3d.gan.discriminator",
