@@ -58,8 +58,6 @@ MISSING_COMPONENTS: dict[str, MissingComponent] = {
                                                              "Control4D / ControlNet", 16),
     "controlnet-guidance": MissingComponent("the ControlNet (normal/canny) guidance", "ControlNet", 16),
     "co3d-datamodule": MissingComponent("the CO3D multi-view data module", "CO3D image conditioning", 16),
-    "dummy-exporter": MissingComponent("the no-op exporter of threestudio's demo configs",
-                                       "Latent-NeRF / SJC (gradio)", 16),
 }
 
 
