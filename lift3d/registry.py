@@ -65,6 +65,7 @@ BUILTIN_MODULES = (
     "lift3d.background.textured_background",
     "lift3d.systems.sjc",
     "lift3d.systems.textmesh",
+    "lift3d.guidance.controlnet",
     "lift3d.export.dummy_exporter",
 )
 _builtins_loaded = False
