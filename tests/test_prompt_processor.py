@@ -189,7 +189,10 @@ def test_config_errors(tiny_sd_path):
         check(prompt="")
     with pytest.raises(ConfigError, match="ambiguous"):
         check(prompt="lib:hamburger")
-    with pytest.raises(ConfigError, match="use_perp_neg"):
-        check(use_perp_neg=True)
+    check(use_perp_neg=True)  # Perp-Neg (tests/test_perp_neg.py)
+    with pytest.raises(ConfigError, match="use_perp_neg=true needs view-dependent prompts"):
+        check(use_perp_neg=True, view_dependent_prompting=False)
+    with pytest.raises(ConfigError, match="perp_neg_f_sb"):
+        check(perp_neg_f_sb=[1.0, 0.5])
     with pytest.raises(ConfigError, match="system.prompt_processor.pretrained_model_name_or_path"):
         check(pretrained_model_name_or_path="nonexistent-org/nothing-here")

@@ -49,8 +49,6 @@ MISSING_COMPONENTS: dict[str, MissingComponent] = {
     "textmesh-system": MissingComponent("the SDF + NeuS system", "TextMesh", 16),
     "sdi-system": MissingComponent("the score distillation via inversion system", "SDI", 16),
     "stable-diffusion-sdi-guidance": MissingComponent("the DDIM-inversion SDS guidance", "SDI", 16),
-    "instructnerf2nerf-system": MissingComponent("the dataset-update editing system", "InstructNeRF2NeRF", 16),
-    "instructpix2pix-guidance": MissingComponent("the InstructPix2Pix guidance", "InstructNeRF2NeRF", 16),
     "control4d-multiview-system": MissingComponent("the 4D GAN editing system", "Control4D", 16),
     "gan-volume-renderer": MissingComponent("the GAN super-resolution volume renderer", "Control4D", 16),
     "hybrid-rgb-latent-material": MissingComponent("the RGB + latent feature material", "Control4D", 16),
@@ -71,8 +69,6 @@ MISSING_VALUES: dict[tuple[str, str, tuple[Any, ...]], MissingComponent] = {
     ("guidance", "guidance_type", ("vsd",)): MissingComponent(
         "the VSD mode of threestudio's unified guidances (`guidance_type: vsd`; VSD itself is "
         "stable-diffusion-vsd-guidance)", "ProlificDreamer (unified guidance)", 15),
-    ("prompt_processor", "use_perp_neg", (True,)): MissingComponent(
-        "Perp-Neg's view-dependent negative prompts (`use_perp_neg: true`)", "Perp-Neg (used by SDI)", 16),
     ("geometry", "finite_difference_normal_eps", ("progressive",)): MissingComponent(
         "Neuralangelo's progressive finite-difference step (`finite_difference_normal_eps: progressive`)",
         "NeuS / TextMesh", 16),

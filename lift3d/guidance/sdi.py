@@ -17,6 +17,9 @@ so that z_t lies on the sampler's trajectory through z and the one-step denoised
   4. loss_sdi = loss_sds / numel(z) = 0.5 mean((z - stopgrad(x0_hat))^2) / B: threestudio's value and
      gradient (its loss uses a mean reduction), d loss_sdi / dz = (z - x0_hat) / (B numel(z)).
 
+With the prompt processor's `use_perp_neg` (sdi.yaml), the inversion's and the step's predictions are
+Perp-Neg's (lift3d.guidance.perp_neg, w = the scale as given), as threestudio's SDI guidance computes them.
+
 threestudio evaluates the UNet at t while its inverted latent is at t + delta; lift3d uses t' for both
 (docs/methods/sdi.md §3). `enable_sdi: false` is SDS with SDI's target and weight (random noise).
 """
@@ -30,6 +33,7 @@ import torch
 from torch import Tensor
 
 from lift3d.errors import ConfigError
+from lift3d.guidance.perp_neg import PerpNegText, perp_neg_scale
 from lift3d.guidance.sds import Prediction, timestep_range
 from lift3d.guidance.stable_diffusion import StableDiffusionGuidance, require_text_embeddings
 from lift3d.models.cfg import cfg_weight, classifier_free_guidance
@@ -68,6 +72,7 @@ class StableDiffusionSDIGuidance(StableDiffusionGuidance):
         token_merging_params: Optional[dict] = field(default_factory=dict)
 
     produces = ("loss_sdi",)
+    supports_perp_neg = True  # the step's and the inversion's predictions combine PerpNegText
 
     @classmethod
     def validate_config(cls, cfg: Any, path: str = "system.guidance") -> None:
@@ -108,6 +113,9 @@ class StableDiffusionSDIGuidance(StableDiffusionGuidance):
         w = cfg_weight(self.cfg.inversion_guidance_scale, self.cfg.cfg_form)
 
         def eps_fn(z: Tensor, t: Tensor) -> Tensor:
+            if isinstance(text_embeddings, PerpNegText):  # Perp-Neg in the inversion too (threestudio's)
+                return text_embeddings.guided_noise(self.model.predict_noise, z, t,
+                                                    perp_neg_scale(self.cfg.inversion_guidance_scale))
             eps_cond, eps_uncond = self.model.predict_noise(torch.cat([z, z]), torch.cat([t, t]), text_embeddings).chunk(2)
             return classifier_free_guidance(eps_uncond, eps_cond, w)
 
@@ -148,7 +156,7 @@ class StableDiffusionSDIGuidance(StableDiffusionGuidance):
         require_text_embeddings(prompt_utils, self.registered_name())
         as_latents = self.cfg.rgb_as_latents if rgb_as_latents is None else rgb_as_latents
         latents = self.get_latents(image, as_latents)  # [B,4,h,w]
-        text = self.text_embeddings(prompt_utils, batch).to(latents.device)  # [2B,77,D]
+        text = self.text_embeddings(prompt_utils, batch).to(latents.device)  # [2B,77,D] (or PerpNegText)
         t = self.sample_timesteps(latents.shape[0], latents.device) if t is None else t.to(latents.device).long()
         if noise is None and self.cfg.enable_sdi:
             t, noise, _ = self.inverted_noise(latents.detach(), t, text)

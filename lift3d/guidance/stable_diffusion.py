@@ -10,7 +10,9 @@ Per call (image [B,H,W,3] in [0,1], the render of `system.guidance_input`):
      (stable-diffusion-prompt-processor), conditional and negative;
   3. the distillation step of lift3d.guidance.sds: t ~ U{min_step..max_step}, z_t, one UNet call on
      the batch [z_t, z_t] with [cond, uncond] text, classifier-free guidance in `cfg_form`
-     (threestudio's eps_c + s (eps_c - eps_u) by default), grad = w(t) (eps - noise),
+     (threestudio's eps_c + s (eps_c - eps_u) by default; with the prompt processor's `use_perp_neg`,
+     Perp-Neg's eps_u + s (e_pos + sum_k w_k perp(e_k, e_pos)) on 4B rows, lift3d.guidance.perp_neg),
+     grad = w(t) (eps - noise),
      `loss_sds` = 0.5 ||z - stopgrad(z - grad)||² / B.
 
 The model is loaded once per process and shared (lift3d.models.diffusion), fp16 on GPU and fp32 on
@@ -28,6 +30,7 @@ from torch import Tensor
 
 from lift3d.errors import ConfigError
 from lift3d.guidance.hifa import HiFAOptions
+from lift3d.guidance.perp_neg import PerpNegText, perp_neg_scale
 from lift3d.guidance.sds import Prediction, ScoreDistillationGuidance, resize_nchw
 from lift3d.guidance.sjc import SJCOptions
 from lift3d.models.stable_diffusion import StableDiffusion
@@ -64,6 +67,7 @@ class StableDiffusionGuidance(SJCOptions, HiFAOptions, ScoreDistillationGuidance
         var_red: bool = True
 
     model_class = StableDiffusion
+    supports_perp_neg = True  # guided_noise combines Perp-Neg's PerpNegText (lift3d.guidance.perp_neg)
     produces = ("loss_sds", "loss_sds_img")  # loss_sds_img with use_img_loss (HiFA)
     shared_model = True  # False where the guidance changes the UNet (X-Dreamer's processors)
 
@@ -92,7 +96,10 @@ class StableDiffusionGuidance(SJCOptions, HiFAOptions, ScoreDistillationGuidance
         return self.encode(image)
 
     def guided_noise(self, z_t: Tensor, t: Tensor, text_embeddings: Tensor, noise: Optional[Tensor] = None) -> Tensor:
-        """Guided eps from one UNet call on [z_t; z_t]; text_embeddings [2B,77,D] (cond, uncond)."""
+        """Guided eps from one UNet call on [z_t; z_t]; text_embeddings [2B,77,D] (cond, uncond), or
+        Perp-Neg's PerpNegText (lift3d.guidance.perp_neg: one call on its (2+K)B rows)."""
+        if isinstance(text_embeddings, PerpNegText):
+            return text_embeddings.guided_noise(self.model.predict_noise, z_t, t, perp_neg_scale(self.cfg.guidance_scale))
         eps = self.model.predict_noise(torch.cat([z_t, z_t]), torch.cat([t, t]), text_embeddings)
         eps_cond, eps_uncond = eps.chunk(2)
         return self.guide(eps_cond, eps_uncond)
@@ -117,7 +124,11 @@ class StableDiffusionGuidance(SJCOptions, HiFAOptions, ScoreDistillationGuidance
         return out
 
     def text_embeddings(self, prompt_utils: Any, batch: dict[str, Any]) -> Tensor:
-        """[2B,77,D]: the view-dependent prompt of each camera, then its negative prompt."""
+        """[2B,77,D]: the view-dependent prompt of each camera, then its negative prompt (with the prompt
+        processor's use_perp_neg: Perp-Neg's PerpNegText, lift3d.guidance.perp_neg)."""
+        if getattr(prompt_utils, "use_perp_neg", False):
+            return prompt_utils.get_text_embeddings_perp_neg(
+                batch["elevation"], batch["azimuth"], batch.get("camera_distances"), self.cfg.view_dependent_prompting)
         return prompt_utils.get_text_embeddings(
             batch["elevation"], batch["azimuth"], batch.get("camera_distances"), self.cfg.view_dependent_prompting
         )

@@ -15,7 +15,9 @@ What it does (threestudio-conventions.md, "Prompt directions"):
 
 `processor()` returns a `PromptProcessorOutput` (the `prompt_utils` the guidances consume):
 `get_text_embeddings(elevation, azimuth, camera_distances, view_dependent_prompting=True)` ->
-[2B, 77, D], the B conditional embeddings followed by the B unconditional ones.
+[2B, 77, D], the B conditional embeddings followed by the B unconditional ones. With `use_perp_neg`
+(Perp-Neg, docs/methods/perp_neg.md) the guidances read `get_text_embeddings_perp_neg(...)` instead:
+view-interpolated positive prompts plus two weighted negative prompts per camera (keys perp_neg_f_*).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 import torch
 from omegaconf import OmegaConf
@@ -35,6 +37,7 @@ from lift3d.models.frozen import SD_TEXT_FILES, default_device, free_memory, res
 from lift3d.prompt.base import BasePromptProcessor
 from lift3d.prompt.cache import TextEmbeddingCache, model_fingerprint
 from lift3d.prompt.directions import DIRECTION_NAMES, ViewDirection, direction_indices, make_directions, view_prompt
+from lift3d.prompt.perp_neg_views import DEFAULT_F_FS, DEFAULT_F_FSB, DEFAULT_F_SB, DEFAULT_F_SF, perp_neg_views
 from lift3d.registry import register
 from lift3d.utils.paths import REPO_ROOT
 
@@ -111,6 +114,11 @@ class PromptProcessorOutput:
     uncond_text_embeddings_vd: Tensor  # [n_directions, 77, D]
     view_dependent_prompting: bool = True
     use_perp_neg: bool = False
+    # Perp-Neg's interpolation weights (a, b, c) of a exp(-b r) + c (lift3d.prompt.perp_neg_views)
+    perp_neg_f_sb: tuple = DEFAULT_F_SB
+    perp_neg_f_fsb: tuple = DEFAULT_F_FSB
+    perp_neg_f_fs: tuple = DEFAULT_F_FS
+    perp_neg_f_sf: tuple = DEFAULT_F_SF
     direction2idx: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -149,6 +157,35 @@ class PromptProcessorOutput:
             uncond = self.uncond_text_embeddings.expand(B, -1, -1)
         return torch.cat([cond, uncond], dim=0).to(device)
 
+    def get_text_embeddings_perp_neg(
+        self,
+        elevation: Tensor,
+        azimuth: Tensor,
+        camera_distances: Optional[Tensor] = None,
+        view_dependent_prompting: bool = True,
+    ) -> Any:
+        """Perp-Neg's conditioning of the B cameras (lift3d.guidance.perp_neg.PerpNegText): embeddings
+        [4B, 77, D] (interpolated positive prompts, the negative prompt of each camera's direction, then
+        two negative prompts per camera) and their weights [B, 2] (lift3d.prompt.perp_neg_views)."""
+        from lift3d.guidance.perp_neg import PerpNegText
+
+        if not (view_dependent_prompting and self.view_dependent_prompting):
+            raise ConfigError(f"{KEY}.use_perp_neg=true needs view-dependent prompting: set "
+                              "view_dependent_prompting=true in system.guidance and system.prompt_processor.")
+        device = torch.as_tensor(elevation).device
+        elevation = torch.as_tensor(elevation).detach().float().cpu().reshape(-1)
+        azimuth = torch.as_tensor(azimuth).detach().float().cpu().reshape(-1)
+        idx = self.direction_indices(elevation, azimuth, None if camera_distances is None
+                                     else torch.as_tensor(camera_distances).detach().float().cpu())
+        views = perp_neg_views(azimuth, idx == self.direction2idx["overhead"], self.perp_neg_f_sb,
+                               self.perp_neg_f_fsb, self.perp_neg_f_fs, self.perp_neg_f_sf)
+        cond = self.text_embeddings_vd  # [4, 77, D]
+        table = torch.cat([cond, self.uncond_text_embeddings_vd])  # [8, 77, D]
+        positive = torch.einsum("bj,jld->bld", views.pos_mix.to(cond), cond)  # [B, 77, D]
+        negatives = table[views.neg_index.reshape(-1)]  # [2B, 77, D], camera-major
+        embeddings = torch.cat([positive, self.uncond_text_embeddings_vd[idx], negatives])  # [4B, 77, D]
+        return PerpNegText(embeddings.to(device), views.neg_weights.to(device))
+
     def get_uncond_embeddings(self, batch_size: int, device: torch.device | str = "cpu") -> Tensor:
         """[B, 77, D] of the negative prompt (e.g. SD's unconditional prediction in USD)."""
         return self.uncond_text_embeddings.expand(batch_size, -1, -1).to(device)
@@ -174,7 +211,12 @@ class StableDiffusionPromptProcessor(BasePromptProcessor):
         use_cache: bool = True
         cache_dir: str = ".cache/text_embeddings"
         prompt_library: str = "load/prompt_library.json"
-        use_perp_neg: bool = False  # accepted for threestudio configs; only false is supported
+        use_perp_neg: bool = False  # Perp-Neg (docs/methods/perp_neg.md): view-interpolated prompts + negatives
+        # Perp-Neg's negative-prompt weights, (a, b, c) of a exp(-b r) + c (lift3d.prompt.perp_neg_views)
+        perp_neg_f_sb: List[float] = field(default_factory=lambda: list(DEFAULT_F_SB))
+        perp_neg_f_fsb: List[float] = field(default_factory=lambda: list(DEFAULT_F_FSB))
+        perp_neg_f_fs: List[float] = field(default_factory=lambda: list(DEFAULT_F_FS))
+        perp_neg_f_sf: List[float] = field(default_factory=lambda: list(DEFAULT_F_SF))
 
     @classmethod
     def validate_config(cls, cfg: Any, path: str = KEY) -> None:
@@ -185,8 +227,13 @@ class StableDiffusionPromptProcessor(BasePromptProcessor):
                 f"or a prompt-library entry, {path}.prompt=\"lib:pineapple\"."
             )
         resolve_prompt(cfg.prompt, cfg.prompt_library, path)
-        if cfg.use_perp_neg:
-            raise ConfigError(f"{path}.use_perp_neg=true is not supported by lift3d: set it to false.")
+        for name in ("perp_neg_f_sb", "perp_neg_f_fsb", "perp_neg_f_fs", "perp_neg_f_sf"):
+            if len(cfg[name]) != 3:
+                raise ConfigError(f"{path}.{name} = {list(cfg[name])}: give the three numbers (a, b, c) of "
+                                  f"a exp(-b r) + c, e.g. {list(DEFAULT_F_SB)}.")
+        if cfg.use_perp_neg and not cfg.view_dependent_prompting:
+            raise ConfigError(f"{path}.use_perp_neg=true needs view-dependent prompts: set {path}.view_dependent_prompting=true "
+                              f"or use_perp_neg=false.")
         for name in ("front_threshold", "back_threshold"):
             if not 0.0 <= float(cfg[name]) <= 180.0:
                 raise ConfigError(f"{path}.{name} = {cfg[name]}: use degrees in [0, 180].")
@@ -249,6 +296,9 @@ class StableDiffusionPromptProcessor(BasePromptProcessor):
             text_embeddings_vd=torch.stack([emb[p] for p in self.prompts_vd]),
             uncond_text_embeddings_vd=torch.stack([emb[p] for p in self.negative_prompts_vd]),
             view_dependent_prompting=bool(self.cfg.view_dependent_prompting),
+            use_perp_neg=bool(self.cfg.use_perp_neg),
+            **{name: tuple(float(v) for v in self.cfg[name])
+               for name in ("perp_neg_f_sb", "perp_neg_f_fsb", "perp_neg_f_fs", "perp_neg_f_sf")},
         )
 
 

@@ -65,7 +65,8 @@ class Lift3DSystem(BaseLift3DSystem):
         # threestudio's experiment loggers, e.g. {wandb: {enable: false, project: ...}} (lift3d/compat/loggers.py)
         loggers: dict = field(default_factory=dict)
 
-    system_losses = ("rgb", "mask") + GEOMETRY_LOSSES
+    # proposal: the proposal sampler's loss (renderer estimator: proposal; lambda_proposal defaults to 1)
+    system_losses = ("rgb", "mask", "proposal") + GEOMETRY_LOSSES
     FREQ_KEYS = ("ref_only_steps", "ref_or_zero123", "n_ref", "guidance_eval")
     NERF_ONLY_REGULARIZERS = ("orient", "sparsity", "opaque", "z_variance")
     # image-condition-dreamfusion-system: the guidance starts at step ref_only_steps + 1 (threestudio's `>`)
@@ -77,7 +78,9 @@ class Lift3DSystem(BaseLift3DSystem):
 
     # ------------------------------------------------------------------ training
     def lambdas(self) -> dict[str, float]:
-        return {k[len("lambda_"):]: float(self.C(v)) for k, v in self.cfg.loss.items()}
+        weights = {k[len("lambda_"):]: float(self.C(v)) for k, v in self.cfg.loss.items()}
+        weights.setdefault("proposal", 1.0)  # threestudio trains its proposal network with weight 1 (no key)
+        return weights
 
     def reference_target(self, batch: dict[str, Any], out: dict[str, torch.Tensor]) -> torch.Tensor:
         """The input image [B,H,W,3] composited on the background with its continuous alpha."""
@@ -108,6 +111,13 @@ class Lift3DSystem(BaseLift3DSystem):
                         exp_root_dir: str = "outputs") -> Any:
         parsed = super().validate_config(cfg, path, resumed, fitting, exp_root_dir)
         validate_loggers(parsed.loggers, f"{path}.loggers")
+        prompt = parsed.prompt_processor or {}
+        if fitting and prompt.get("use_perp_neg", False) and parsed.guidance_type:  # Perp-Neg (lift3d.guidance.perp_neg)
+            from lift3d.guidance.perp_neg import check_perp_neg_support
+            from lift3d.registry import find
+
+            check_perp_neg_support(find(parsed.guidance_type), parsed.guidance_type,
+                                   bool((parsed.guidance or {}).get("view_dependent_prompting", True)), path)
         freq = parsed.freq or {}
         unknown = [k for k in freq.keys() if k not in cls.FREQ_KEYS]
         if unknown:
@@ -183,6 +193,8 @@ class Lift3DSystem(BaseLift3DSystem):
             save_image(self.save_path(f"it{self.true_global_step}-guidance.png"), evaluation)
         terms.update(compute_regularizers(out, self.regularizer_lambdas(lambdas)))
         terms.update(self.view_losses(out, lambdas))
+        if "loss_proposal" in out:  # the proposal network's loss (lift3d.renderers.proposal_network)
+            terms["loss_proposal"] = out["loss_proposal"]
         if do_reference:
             terms.update(self.reference_losses(batch, lambdas, ref_out))
         return self.weighted_loss(terms, lambdas)
