@@ -55,9 +55,10 @@ def clip_scores(images: Tensor, prompts: Sequence[str], clip_model: str, batch_s
     for i in range(0, images.shape[0], batch_size):
         pixels = [im.permute(1, 2, 0).mul(255).round().byte().cpu().numpy() for im in images[i:i + batch_size]]
         inputs = processor(text=list(prompts[i:i + batch_size]), images=pixels, return_tensors="pt", padding=True)
-        image_emb = F.normalize(model.get_image_features(pixel_values=inputs["pixel_values"]), dim=-1)
-        text_emb = F.normalize(model.get_text_features(input_ids=inputs["input_ids"],
-                                                       attention_mask=inputs["attention_mask"]), dim=-1)
+        out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                    pixel_values=inputs["pixel_values"])  # the projected embeddings in every transformers version
+        image_emb = F.normalize(out.image_embeds, dim=-1)  # [B,D]
+        text_emb = F.normalize(out.text_embeds, dim=-1)  # [B,D]
         scores.append((image_emb * text_emb).sum(-1))
     return torch.cat(scores)
 
