@@ -1,13 +1,16 @@
 #!/usr/bin/env python
-"""Toy-world evaluation: USD (lambda 0) against SDS (lambda 1) text-to-3D on the shipped toy prior,
-scored against the true shapes.
+"""Toy-world evaluation: USD (lambda 0) against SDS (lambda 1) and VSD (ProlificDreamer) text-to-3D on
+the shipped toy prior, scored against the true shapes.
 
-    python benchmarks/toyworld.py --jobs 2             # 5 prompts × {USD, SDS, init}, configs/demo/text-to-3d.yaml
+    python benchmarks/toyworld.py --jobs 2             # 5 prompts × {USD, SDS, VSD, init}, configs/demo/text-to-3d.yaml
+    python benchmarks/toyworld.py --batch --jobs 2 --methods VSD SDS USD
     python benchmarks/toyworld.py --jobs 2 --prompts "a red cube" "a blue sphere" --steps 400
     python benchmarks/toyworld.py --batch              # the same runs through lift3d.batch on a local Ray cluster
 
 Each run is `launch.py --config configs/demo/text-to-3d.yaml --train` (fit, then the test pass,
-which writes the RGBA turntable with cameras) with `system.guidance.usd_lambda` set; the turntable
+which writes the RGBA turntable with cameras) with `system.guidance.usd_lambda` set; VSD runs
+configs/demo/text-to-3d-vsd.yaml instead (the same demo with stable-diffusion-vsd-guidance and its
+camera-conditioned LoRA of the toy UNet; overrides and --steps apply alike). The turntable
 is scored by tools/toyworld/scoring.py: silhouette IoU against the true shape rendered at the
 same cameras, and whether the result's colour is nearest the prompt's. A result passes with
 IoU >= 0.7 and the right colour. Prints a Markdown table (benchmarks/RESULTS.md keeps it).
@@ -20,15 +23,39 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 DEFAULT_PROMPTS = ["a red cube", "a blue sphere", "a green cone", "a yellow cylinder", "a purple torus"]
-# method -> (usd_lambda, steps override or None); "init" scores the initial density blob after one
-# step, the floor any silhouette IoU should be read against
-METHODS = {"USD": (0.0, None), "SDS": (1.0, None), "init": (0.0, 1)}
+
+
+@dataclass(frozen=True)
+class Method:
+    """One benchmarked method: its config (None: --config) and overrides; steps fixes trainer.max_steps."""
+
+    overrides: tuple[str, ...] = ()
+    config: Optional[str] = None
+    steps: Optional[int] = None
+
+    def config_for(self, args) -> str:
+        return self.config or args.config
+
+    def run_overrides(self, args) -> list[str]:
+        steps = self.steps or args.steps
+        return [*self.overrides, *(["trainer.max_steps=" + str(steps)] if steps else [])]
+
+
+# "init" scores the initial density blob after one step, the floor any silhouette IoU should be read against
+METHODS = {
+    "USD": Method(("system.guidance.usd_lambda=0.0",)),
+    "SDS": Method(("system.guidance.usd_lambda=1.0",)),
+    "VSD": Method(config="configs/demo/text-to-3d-vsd.yaml"),
+    "init": Method(("system.guidance.usd_lambda=0.0",), steps=1),
+}
 
 
 def run_one(prompt: str, method: str, args) -> dict:
@@ -36,14 +63,13 @@ def run_one(prompt: str, method: str, args) -> dict:
     from tools.toyworld.shapes import parse_caption
 
     root = Path(args.out) / method
-    usd_lambda, steps = METHODS[method]
-    steps = steps or args.steps
+    spec = METHODS[method]
     tag = prompt.replace(" ", "_")
     cmd = [
-        sys.executable, str(REPO / "launch.py"), "--config", str(REPO / args.config), "--train",
-        f"system.prompt_processor.prompt={prompt}", f"system.guidance.usd_lambda={usd_lambda}",
+        sys.executable, str(REPO / "launch.py"), "--config", str(REPO / spec.config_for(args)), "--train",
+        f"system.prompt_processor.prompt={prompt}", *spec.run_overrides(args),
         f"exp_root_dir={root}", "use_timestamp=false", f"seed={args.seed}", "trainer.enable_progress_bar=false",
-        *(["trainer.max_steps=" + str(steps)] if steps else []), *args.overrides,
+        *args.overrides,
     ]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     start = time.perf_counter()
@@ -54,7 +80,7 @@ def run_one(prompt: str, method: str, args) -> dict:
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         return {"prompt": prompt, "method": method, "error": f"exit {proc.returncode}, see {log}", "seconds": seconds}
-    trial = next((root / "demo-text-to-3d").glob(f"{tag}*"))
+    trial = next(root.glob(f"*/{tag}*"))  # <exp_root_dir>/<the config's name>/<tag>
     score = score_trial(trial, *parse_caption(prompt))
     return {"prompt": prompt, "method": method, "score": score, "seconds": seconds}
 
@@ -70,10 +96,9 @@ def run_batch(runs, args) -> list[dict]:
 
     jobs = []
     for prompt, method in runs:
-        usd_lambda, steps = METHODS[method]
-        steps = steps or args.steps
-        jobs.append({"name": f"{method}-{slug(prompt)}", "prompt": prompt, "overrides": [
-            f"system.guidance.usd_lambda={usd_lambda}", *(["trainer.max_steps=" + str(steps)] if steps else [])]})
+        spec = METHODS[method]
+        jobs.append({"name": f"{method}-{slug(prompt)}", "prompt": prompt, "config": spec.config_for(args),
+                     "overrides": spec.run_overrides(args)})
     manifest = parse_manifest({"name": "batch", "defaults": {
         "config": args.config, "seed": args.seed, "overrides": list(args.overrides), "num_cpus": args.threads,
         "num_gpus": 0, "export": False, "retries": 0, "scorer": "tools.toyworld.batch_scorer:score"}, "jobs": jobs},
