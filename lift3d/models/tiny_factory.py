@@ -314,6 +314,54 @@ def make_tiny_sd_depth(out_dir: PathLike, seed: int = 0) -> Path:
     return out
 
 
+def make_tiny_instruct_pix2pix(out_dir: PathLike, seed: int = 0) -> Path:
+    """A timbrooks/instruct-pix2pix-shaped folder (StableDiffusionInstructPix2PixPipeline layout): make_tiny_sd
+    with an SD-1.x-style 8-channel UNet (latents + image latents) and an Euler-ancestral scheduler
+    config, as published (lift3d reads only its DDPM schedule). Safety checker / feature extractor are
+    left out (model_index.json lists what is there)."""
+    import json
+
+    import torch
+    from diffusers import EulerAncestralDiscreteScheduler
+
+    out = make_tiny_sd(out_dir, seed=seed)
+    with torch.random.fork_rng(devices=[]):
+        unet = _tiny_unet(seed + 21, in_channels=8, cross_attention_dim=TINY_WIDTH, sd2_style=False)
+    unet.save_pretrained(out / "unet")
+    schedule = {k: v for k, v in SD_SCHEDULE.items() if k != "clip_sample"}
+    EulerAncestralDiscreteScheduler(**schedule).save_pretrained(out / "scheduler")
+    index = json.loads((out / "model_index.json").read_text())
+    index["_class_name"] = "StableDiffusionInstructPix2PixPipeline"
+    index["scheduler"] = ["diffusers", "EulerAncestralDiscreteScheduler"]
+    for name in ("safety_checker", "feature_extractor", "requires_safety_checker", "image_encoder"):
+        index.pop(name, None)
+    (out / "model_index.json").write_text(json.dumps(index, indent=2))
+    return out
+
+
+def make_tiny_lpips(out_dir: PathLike, seed: int = 0) -> Path:
+    """An LPIPS-VGG weights folder (lift3d.models.lpips): vgg16.pth in torchvision's VGG-16 key layout and
+    vgg.pth with LPIPS's linear heads, but 4-8 channels per layer instead of 64-512 (random weights)."""
+    import torch
+
+    from lift3d.models.lpips import LIN_FILE, VGG16_CONV_BLOCKS, VGG_FILE
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(seed)
+    features, lins, c_in = {}, {}, 3
+    for k, block in enumerate(VGG16_CONV_BLOCKS):
+        c_out = 4 if k == 0 else 8
+        for i in block:
+            features[f"features.{i}.weight"] = torch.randn(c_out, c_in, 3, 3, generator=generator) / (3 * c_in ** 0.5)
+            features[f"features.{i}.bias"] = 0.1 * torch.rand(c_out, generator=generator)
+            c_in = c_out
+        lins[f"lin{k}.model.1.weight"] = torch.rand(1, c_out, 1, 1, generator=generator)
+    torch.save(features, out / VGG_FILE)
+    torch.save(lins, out / LIN_FILE)
+    return out
+
+
 def make_tiny_controlnet(out_dir: PathLike, sd_folder: PathLike, seed: int = 0) -> Path:
     """A ControlNetModel folder (config.json + weights, the lllyasviel/sd-controlnet-* layout) built from
     the tiny SD's UNet (ControlNet copies the encoder half; arXiv 2302.05543 §3.2), with random zero-conv
@@ -408,6 +456,8 @@ def make_tiny_deepfloyd_if(out_dir: PathLike, seed: int = 0) -> Path:
 
 FACTORIES = {"sd": make_tiny_sd, "zero123": make_tiny_zero123, "sd-depth": make_tiny_sd_depth,
              "deepfloyd-if": make_tiny_deepfloyd_if}
+FACTORIES["instruct-pix2pix"] = make_tiny_instruct_pix2pix
+FACTORIES["lpips"] = make_tiny_lpips
 
 
 def folder_size_bytes(folder: PathLike) -> int:
