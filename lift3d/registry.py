@@ -67,6 +67,7 @@ BUILTIN_MODULES = (
     "lift3d.systems.textmesh",
     "lift3d.guidance.controlnet",
     "lift3d.export.dummy_exporter",
+    "lift3d.data.co3d",
 )
 _builtins_loaded = False
 

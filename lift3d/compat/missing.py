@@ -55,7 +55,6 @@ MISSING_COMPONENTS: dict[str, MissingComponent] = {
     "stable-diffusion-controlnet-guidance": MissingComponent("the ControlNet (normal/canny) guidance",
                                                              "Control4D / ControlNet", 16),
     "controlnet-guidance": MissingComponent("the ControlNet (normal/canny) guidance", "ControlNet", 16),
-    "co3d-datamodule": MissingComponent("the CO3D multi-view data module", "CO3D image conditioning", 16),
 }
 
 
