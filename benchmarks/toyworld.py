@@ -2,7 +2,7 @@
 """Toy-world evaluation: USD (lambda 0) against SDS (lambda 1) and VSD (ProlificDreamer) text-to-3D on
 the shipped toy prior, scored against the true shapes.
 
-    python benchmarks/toyworld.py --jobs 2             # 5 prompts × {USD, SDS, VSD, init}, configs/demo/text-to-3d.yaml
+    python benchmarks/toyworld.py --jobs 2             # 5 prompts × {USD, SDS, VSD, HiFA, init}, configs/demo/text-to-3d.yaml
     python benchmarks/toyworld.py --batch --jobs 2 --methods VSD SDS USD
     python benchmarks/toyworld.py --jobs 2 --prompts "a red cube" "a blue sphere" --steps 400
     python benchmarks/toyworld.py --batch              # the same runs through lift3d.batch on a local Ray cluster
@@ -10,7 +10,8 @@ the shipped toy prior, scored against the true shapes.
 Each run is `launch.py --config configs/demo/text-to-3d.yaml --train` (fit, then the test pass,
 which writes the RGBA turntable with cameras) with `system.guidance.usd_lambda` set; VSD runs
 configs/demo/text-to-3d-vsd.yaml instead (the same demo with stable-diffusion-vsd-guidance and its
-camera-conditioned LoRA of the toy UNet; overrides and --steps apply alike). The turntable
+camera-conditioned LoRA of the toy UNet; overrides and --steps apply alike); HiFA is SDS with HiFA's
+annealed timestep (`system.guidance.sqrt_anneal`). The turntable
 is scored by tools/toyworld/scoring.py: silhouette IoU against the true shape rendered at the
 same cameras, and whether the result's colour is nearest the prompt's. A result passes with
 IoU >= 0.7 and the right colour. Prints a Markdown table (benchmarks/RESULTS.md keeps it).
@@ -54,6 +55,10 @@ METHODS = {
     "USD": Method(("system.guidance.usd_lambda=0.0",)),
     "SDS": Method(("system.guidance.usd_lambda=1.0",)),
     "VSD": Method(config="configs/demo/text-to-3d-vsd.yaml"),
+    # SDS with HiFA's annealed timestep (lift3d/guidance/hifa.py): t falls from max_step_percent to
+    # min_step_percent as sqrt(step / max_steps) instead of t ~ U; HiFA's image-space loss is not used
+    "HiFA": Method(("system.guidance.usd_lambda=1.0", "system.guidance.sqrt_anneal=true",
+                    "system.guidance.trainer_max_steps=${trainer.max_steps}")),
     "init": Method(("system.guidance.usd_lambda=0.0",), steps=1),
 }
 

@@ -188,6 +188,8 @@ def test_toyworld_vsd_method_is_the_sds_demo_with_a_lora_that_learns(tmp_path, o
         return load_config(str(REPO / m.config_for(args)), cli_args=overrides, validate=True)
 
     vsd, sds = loaded("VSD"), loaded("SDS")
+    hifa = loaded("HiFA").system.guidance  # SDS with HiFA's annealed timestep
+    assert hifa.usd_lambda == 1.0 and hifa.sqrt_anneal and hifa.trainer_max_steps == 2
     assert vsd.system_type == "prolificdreamer-system" and vsd.trainer.max_steps == 2
     assert vsd.system.guidance_type == "stable-diffusion-vsd-guidance"
     assert vsd.system.guidance.pretrained_model_name_or_path_lora == str(TOY_SD.relative_to(REPO))
