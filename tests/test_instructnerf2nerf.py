@@ -192,3 +192,17 @@ def test_threestudio_instructnerf2nerf_config_trains_tests_and_exports(tmp_path,
     assert launch.main(["--config", str(parsed), "--export", f"resume={ckpt}",
                         "system.geometry.isosurface_threshold=auto"]) == 0
     assert (save / "it4-export/model.obj").stat().st_size > 0
+
+
+def test_lift3d_config_validates_with_the_users_inputs(tmp_path, tiny_ip2p, tiny_sd_path, tiny_lpips):
+    from lift3d.config import load_config, validate_experiment
+
+    scene = write_scene(tmp_path / "scene", n_views=3, size=16)
+    inputs = [f"data.dataroot={scene}", f"system.guidance.ip2p_name_or_path={tiny_ip2p}",
+              f"system.prompt_processor.pretrained_model_name_or_path={tiny_sd_path}",
+              "system.prompt_processor.prompt=make it red"]
+    config = str(REPO / "configs" / "instructnerf2nerf.yaml")
+    validate_experiment(load_config(config, cli_args=inputs + [f"system.perceptual_model_path={tiny_lpips}"]))
+    with pytest.raises(ConfigError, match=r"perceptual_model_path"):  # loss_p without LPIPS weights
+        validate_experiment(load_config(config, cli_args=inputs + ["system.perceptual_model_path=null"]))
+    validate_experiment(load_config(config, cli_args=inputs + ["system.perceptual_model_path=null", "system.loss.lambda_p=0"]))

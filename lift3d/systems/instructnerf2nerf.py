@@ -50,7 +50,7 @@ class InstructNeRF2NeRFSystem(Lift3DSystem):
         start_editing_step: int = 1000
         per_editing_step: int = 10
         # LPIPS weights for loss_p (lift3d.models.lpips: a folder with vgg16.pth and vgg.pth)
-        perceptual_model_path: str = ""
+        perceptual_model_path: Optional[str] = None
 
     system_losses = ("l1", "p")
     perceptual: Any = None  # LPIPS (frozen, not a child module), built at fit start when lambda_p > 0
