@@ -1,5 +1,6 @@
 """`instructnerf2nerf-system`: edit a reconstructed scene with an instruction by iterative dataset update
-(Haque et al., Instruct-NeRF2NeRF, arXiv 2303.12789 §4; docs/methods/instructnerf2nerf.md).
+(Haque et al., Instruct-NeRF2NeRF, arXiv 2303.12789, "Iterative Dataset Update";
+docs/methods/instructnerf2nerf.md §4).
 
 Data: `multiview-camera-datamodule` (whole training views with their index and an editable image
 buffer). Guidance: `instructpix2pix-guidance` (the image editor). Each training step on view(s) v at
