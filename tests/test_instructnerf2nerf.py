@@ -71,7 +71,11 @@ def test_two_scale_guidance_on_a_fake_unet_with_known_predictions():
 
 
 def test_edit_denoises_from_t_back_to_the_latent_when_the_unet_predicts_the_noise(tiny_ip2p):
-    guidance = find("instructpix2pix-guidance")({"ip2p_name_or_path": str(tiny_ip2p), "diffusion_steps": 5})
+    # threestudio's debugging/instructpix2pix.yaml guidance keys (min/max_step_percent 0.8 / 0.98)
+    guidance = find("instructpix2pix-guidance")({"ip2p_name_or_path": str(tiny_ip2p), "diffusion_steps": 5,
+                                                  "min_step_percent": 0.8, "max_step_percent": 0.98})
+    assert (guidance.min_step, guidance.max_step) == (800, 980)
+    assert guidance.resolution == 64  # the tiny model's native size (512 for the real one)
     torch.manual_seed(1)
     z, noise = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
     calls = []

@@ -43,7 +43,7 @@ from lift3d.models.noise_schedule import add_noise
 
 # what a UNet's input width usually means, for the messages of `check_unet_config`
 MODEL_BY_CHANNELS = {3: "a pixel-space model such as DeepFloyd IF", 4: "Stable Diffusion",
-                     5: "depth-conditioned Stable Diffusion 2", 8: "Zero-1-to-3 / Stable Zero123",
+                     5: "depth-conditioned Stable Diffusion 2", 8: "Zero-1-to-3 / Stable Zero123 / InstructPix2Pix",
                      9: "an inpainting Stable Diffusion"}
 
 _LOADED: "weakref.WeakValueDictionary[tuple, DiffusionModel]" = weakref.WeakValueDictionary()

@@ -133,6 +133,8 @@ def _missing(folder: str, required_files: Sequence[str]) -> list[str]:
 
 def _tiny_kind(what: str, required_files: Sequence[str]) -> Optional[str]:
     low = what.lower()
+    if "instructpix2pix" in low:
+        return "instruct-pix2pix"
     if "zero123" in low or "zero-1-to-3" in low:
         return "zero123"
     if "stable diffusion" in low or "stable-diffusion" in low or "model_index.json" in required_files:
