@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from co3d_synthetic import DISTANCE, POINTS, write_co3d_sequence
+from tools.co3d_synthetic import DISTANCE, POINTS, write_co3d_sequence
 from lift3d.data.co3d import Co3dDataModule
 from lift3d.errors import ConfigError
 

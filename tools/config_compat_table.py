@@ -100,6 +100,22 @@ class TinyModels:
         return cls(**paths, image=make_inputs(folder / "inputs"))
 
 
+def co3d_sequence(models: TinyModels) -> str:
+    """A synthetic CO3D sequence (tools/co3d_synthetic.py, 101 views: threestudio's train_views [0, 50, 100]
+    exist) beside the input image (in the temp folder when that image is the repository's), written once."""
+    import os
+    import tempfile
+
+    from tools.co3d_synthetic import write_co3d_sequence
+
+    root = Path(models.image).resolve().parent / "co3d"
+    if REPO in root.parents:
+        root = Path(tempfile.gettempdir()) / f"lift3d-co3d-{os.getuid()}"
+    if not (root / "toy" / "frame_annotations.jgz").is_file():  # written last
+        write_co3d_sequence(root, n_frames=101)
+    return str(root / "toy" / "seq_0")
+
+
 # ---------------------------------------------------------------- overrides
 def _plain(raw: Any, key: str) -> Any:
     return OmegaConf.select(raw, key, default=None, throw_on_missing=False, throw_on_resolution_failure=False)
@@ -183,6 +199,8 @@ def input_overrides(raw: Any, models: TinyModels, previous_ckpt: Optional[str] =
     data = raw.get("data") or {}
     if "image_path" in data.keys():  # (a ??? value is not `in` a DictConfig)
         out.append(f"data.image_path={models.image}")
+    if raw.get("data_type") == "co3d-datamodule" and _is_missing(raw, "data.root_dir"):  # a CO3D sequence
+        out.append(f"data.root_dir={co3d_sequence(models)}")
     loss = system.get("loss") or {}
     if raw.get("data_type") == "single-image-datamodule" and "requires_depth" not in data.keys() \
             and _positive_somewhere(loss.get("lambda_depth")):  # older configs: the depth estimate is an input
@@ -215,6 +233,8 @@ def tiny_overrides(raw: Any, steps: int = 2) -> list[str]:
         if prefix == "data.random_camera" or raw.get("data_type") != "single-image-datamodule":
             out += [f"{prefix}.eval_height=32", f"{prefix}.eval_width=32", f"{prefix}.n_val_views=1",
                     f"{prefix}.n_test_views=2"]
+    if raw.get("data_type") == "co3d-datamodule":  # its eval cameras are data.random_camera's only
+        out = [o for o in out if not o.startswith(("data.eval_", "data.n_val_views=", "data.n_test_views="))]
     if "sample_height" in data:
         out += ["data.sample_height=16", "data.sample_width=16"]
     system = raw.get("system") or {}

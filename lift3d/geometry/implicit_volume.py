@@ -60,6 +60,13 @@ class ImplicitVolume(BaseImplicitGeometry):
 
     field_kind = "density"
 
+    @property
+    def network(self) -> torch.nn.ModuleList:
+        """Both MLPs (density, features): the optimizer group `geometry.network` of threestudio's
+        experimental/co3d-imagecondition.yaml (threestudio's implicit-volume has no such attribute and
+        stops there; lift3d reads the name as the geometry's networks, beside `geometry.encoding`)."""
+        return torch.nn.ModuleList([self.density_network, self.feature_network])
+
     @classmethod
     def validate_config(cls, cfg: Any, path: str = "system.geometry") -> None:
         from lift3d.errors import ConfigError
