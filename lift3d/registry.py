@@ -68,6 +68,9 @@ BUILTIN_MODULES = (
     "lift3d.guidance.controlnet",
     "lift3d.export.dummy_exporter",
     "lift3d.data.co3d",
+    "lift3d.materials.hybrid_rgb_latent",
+    "lift3d.renderers.gan_volume_renderer",
+    "lift3d.systems.control4d",
 )
 _builtins_loaded = False
 
