@@ -21,6 +21,7 @@ BUILTIN_MODULES = (
     "lift3d.data.random_camera",
     "lift3d.data.eff_random_camera",
     "lift3d.data.single_image",
+    "lift3d.data.single_image2",
     "lift3d.geometry.implicit_volume",
     "lift3d.materials.no_material",
     "lift3d.materials.diffuse_with_point_light",
@@ -50,6 +51,8 @@ BUILTIN_MODULES = (
     "lift3d.renderers.neus_volume_renderer",
     "lift3d.data.multiview_images",
     "lift3d.data.multiview_camera",
+    "lift3d.guidance.instructpix2pix",
+    "lift3d.systems.instructnerf2nerf",
     "lift3d.systems.multiview_reconstruction",
     "lift3d.gan.triplane_generator",
     "lift3d.gan.discriminator",
@@ -66,11 +69,11 @@ BUILTIN_MODULES = (
     "lift3d.systems.sjc",
     "lift3d.systems.textmesh",
     "lift3d.guidance.controlnet",
-    "lift3d.export.dummy_exporter",
-    "lift3d.data.co3d",
     "lift3d.materials.hybrid_rgb_latent",
     "lift3d.renderers.gan_volume_renderer",
     "lift3d.systems.control4d",
+    "lift3d.export.dummy_exporter",
+    "lift3d.data.co3d",
 )
 _builtins_loaded = False
 

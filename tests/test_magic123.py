@@ -223,8 +223,8 @@ def test_unified_guidances_are_the_lift3d_guidances_under_threestudio_names(tiny
     torch.manual_seed(2)
     zp = z_plain(render, batch, t=t, noise=noise)
     torch.testing.assert_close(zu["loss_sd"], zp["loss_sds"], rtol=1e-4, atol=1e-6)
-    with pytest.raises(ConfigError, match="stable-diffusion-vsd-guidance"):
-        StableDiffusionUnifiedGuidance({**common, "guidance_type": "vsd"})
+    with pytest.raises(ConfigError, match="stable-diffusion-vsd-guidance"):  # VSD mode: the SD guidance's only
+        Zero123UnifiedGuidance({**z_common, "guidance_type": "vsd"})
     with pytest.raises(ConfigError, match="controlnet_model_name_or_path"):
         StableDiffusionUnifiedGuidance({**common, "controlnet_model_name_or_path": "x"})
 

@@ -181,7 +181,8 @@ def test_lora_loss_by_hand_and_the_lora_learns_from_its_own_loss_only(tiny_sd_pa
     lora = list(g.trainable_modules().parameters())
     z = torch.randn(B, 4, 8, 8, requires_grad=True)
     out = g(z.permute(0, 2, 3, 1), batch, prompt, rgb_as_latents=True)
-    assert set(g.produces) == {"loss_vsd", "loss_lora"} <= set(out)
+    assert set(g.produces) == {"loss_vsd", "loss_lora", "loss_vsd_img"}  # loss_vsd_img with use_img_loss (HiFA)
+    assert {"loss_vsd", "loss_lora"} <= set(out) and "loss_vsd_img" not in out
     assert out["guidance_eval"].shape == (B * 64, 3 * 64, 3)  # noisy | x0 | denoised of the pretrained model
     vsd_grads = torch.autograd.grad(out["loss_vsd"], [z, *lora], allow_unused=True, retain_graph=True)
     assert float(vsd_grads[0].abs().sum()) > 0  # VSD reaches the 3D model's render ...

@@ -55,6 +55,7 @@ PREVIOUS_STAGE = {
     "imagecondition_zero123nerf_refine": "stable-zero123",  # its texture field matches (imagecondition's: 1 layer)
     "latentnerf-refine": "latentnerf",
 }
+SINGLE_IMAGE_MODULES = ("single-image-datamodule", "single-image2-datamodule")
 ZERO123_GUIDANCES = ("zero123-guidance", "stable-zero123-guidance", "zero123-unified-guidance")
 IF_GUIDANCES = ("deep-floyd-guidance",)
 MODEL_KEYS = ("pretrained_model_name_or_path", "pretrained_model_name_or_path_lora", "vsd_phi_model_name_or_path",
@@ -202,7 +203,7 @@ def input_overrides(raw: Any, models: TinyModels, previous_ckpt: Optional[str] =
     if raw.get("data_type") == "co3d-datamodule" and _is_missing(raw, "data.root_dir"):  # a CO3D sequence
         out.append(f"data.root_dir={co3d_sequence(models)}")
     loss = system.get("loss") or {}
-    if raw.get("data_type") == "single-image-datamodule" and "requires_depth" not in data.keys() \
+    if raw.get("data_type") in SINGLE_IMAGE_MODULES and "requires_depth" not in data.keys() \
             and _positive_somewhere(loss.get("lambda_depth")):  # older configs: the depth estimate is an input
         out.append("data.requires_depth=true")
     if isinstance(system.get("guidance"), dict) or OmegaConf.is_dict(system.get("guidance")):
@@ -224,15 +225,18 @@ def tiny_overrides(raw: Any, steps: int = 2) -> list[str]:
     if "limit_val_batches" in (raw.get("trainer") or {}):
         out.append("trainer.limit_val_batches=1")
     data = raw.get("data") or {}
-    cameras = ["data"] + (["data.random_camera"] if "random_camera" in data or raw.get("data_type") == "single-image-datamodule" else [])
+    cameras = ["data"] + (["data.random_camera"] if "random_camera" in data or raw.get("data_type") in SINGLE_IMAGE_MODULES else [])
+    cameras += ["data.random_camera2"] if "random_camera2" in data else []  # single-image2-datamodule's second stream
     for prefix in cameras:
         section = _plain(raw, prefix) or {}
         for key, size in (("height", 32), ("width", 32), ("batch_size", 1)):
             value = section.get(key) if key in section else None
             out.append(f"{prefix}.{key}={_sized(value, size)}")
-        if prefix == "data.random_camera" or raw.get("data_type") != "single-image-datamodule":
+        if prefix.startswith("data.random_camera") or raw.get("data_type") not in SINGLE_IMAGE_MODULES:
             out += [f"{prefix}.eval_height=32", f"{prefix}.eval_width=32", f"{prefix}.n_val_views=1",
                     f"{prefix}.n_test_views=2"]
+    if raw.get("data_type") == "co3d-datamodule":  # its eval cameras are data.random_camera's only
+        out = [o for o in out if not o.startswith(("data.eval_", "data.n_val_views=", "data.n_test_views="))]
     if raw.get("data_type") == "co3d-datamodule":  # its eval cameras are data.random_camera's only
         out = [o for o in out if not o.startswith(("data.eval_", "data.n_val_views=", "data.n_test_views="))]
     if "sample_height" in data:
@@ -248,15 +252,21 @@ def tiny_overrides(raw: Any, steps: int = 2) -> list[str]:
         out.append("system.geometry.isosurface_threshold=auto")
     if "shape_init" in geometry:  # the SDF's fit to its initial shape: a few steps on few points
         out += ["system.geometry.shape_init_steps=10", "system.geometry.shape_init_batch_size=1000"]
-    if "isosurface_resolution" in geometry or system.get("geometry_type") == "tetrahedra-sdf-grid":
+    # (implicit-sdf's marching tetrahedra at its default 128 take most of a tiny run's time)
+    if "isosurface_resolution" in geometry or system.get("geometry_type") in ("tetrahedra-sdf-grid", "implicit-sdf"):
         out.append("system.geometry.isosurface_resolution=16")
     renderer = system.get("renderer") or {}
     if system.get("renderer_type") == "patch-renderer":
         out += ["system.renderer.patch_size=16"]
         if "base_renderer" in renderer:
             out.append("system.renderer.base_renderer.num_samples_per_ray=16")
+        if "num_samples_per_ray" in renderer:  # a base-renderer key beside the patch keys (threestudio's form)
+            out.append("system.renderer.num_samples_per_ray=16")
     elif "num_samples_per_ray" in renderer:
         out.append("system.renderer.num_samples_per_ray=16")
+    for key in ("num_samples_per_ray_importance", "num_samples_per_ray_proposal"):  # importance / proposal samplers
+        if key in renderer:
+            out.append(f"system.renderer.{key}=16")
     return out
 
 
@@ -393,8 +403,8 @@ def evaluate(folders: list[Path], check_only: bool, work: Path, log=print) -> li
             ckpts = sorted((prev_row.trial / "ckpts").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
             prev_ckpt = str(ckpts[-1]) if ckpts else None
         row = check_config(path, models, prev_ckpt)
-        if not check_only and row.outcome == "validates":
-            row = run_config(path, models, work / "runs" / path.stem, prev_ckpt)
+        if not check_only and row.outcome == "validates":  # one run folder per file (two stages may share a stem)
+            row = run_config(path, models, work / "runs" / path.relative_to(folder).with_suffix(""), prev_ckpt)
         row.config = str(path.relative_to(folder.parent))
         rows[path] = row
         log(f"{row.outcome:18s} {row.config} ({row.seconds:.1f} s) {row.detail[:160]}")

@@ -91,8 +91,8 @@ COMPONENT = "data module 'single-image-datamodule'"
 
 
 def _as_config(cfg: Any, path: str) -> Any:
-    if isinstance(cfg, DictConfig) and OmegaConf.get_type(cfg) is SingleImageDataModuleConfig:
-        return cfg
+    if isinstance(cfg, DictConfig) and issubclass(OmegaConf.get_type(cfg) or object, SingleImageDataModuleConfig):
+        return cfg  # parsed already (also a subclass's config, e.g. single-image2-datamodule's)
     return parse_structured(SingleImageDataModuleConfig, cfg, path=path, component=COMPONENT)
 
 
@@ -251,12 +251,13 @@ class SingleImageDataModule(pl.LightningDataModule):
 
     Config = SingleImageDataModuleConfig
     COMPONENT = COMPONENT
+    train_dataset_class = SingleImageIterableDataset  # single-image2-datamodule adds a second camera stream
 
     def __init__(self, cfg: Any = None) -> None:
         super().__init__()
         self.cfg = parse_structured(self.Config, cfg, path="data", component=self.COMPONENT)
         self.validate_config(self.cfg)
-        self.train_dataset = SingleImageIterableDataset(self.cfg)
+        self.train_dataset = self.train_dataset_class(self.cfg)
         self.val_dataset = RandomCameraEvalDataset(self.cfg.random_camera, "val", path="data.random_camera")
         self.test_dataset = RandomCameraEvalDataset(self.cfg.random_camera, "test", path="data.random_camera")
 

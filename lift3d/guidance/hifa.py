@@ -9,6 +9,8 @@ Keys of `stable-diffusion-guidance` (threestudio's names and meanings, configs/h
       percent   = (max_step_percent - min_step_percent) * (1 - p) + min_step_percent
       min_step  = max_step = int(T * percent)
   so t falls from max_step_percent·T at step 0 to min_step_percent·T at `trainer_max_steps`.
+  A scheduled `max_step_percent` ([start_step, start_value, end_value, end_step]) enters as its start
+  value, as threestudio's anneal reads it (`min_step_percent` is evaluated at the step).
 - `use_img_loss: true` — also `loss_sds_img` (HiFA §3.2, weight `system.loss.lambda_sds_img`):
   the one-step denoised image x̂ = decode((z_t - sigma_t eps_guided) / alpha_t) is a target for the
   render x itself (the render resized to the guidance resolution, [B,3,res,res] in [0,1]),
@@ -16,6 +18,10 @@ Keys of `stable-diffusion-guidance` (threestudio's names and meanings, configs/h
       loss_sds_img  = 0.5 * || x - stopgrad(x - grad_img) ||^2 / B         (d/dx = grad_img / B)
   with alpha_t = sqrt(alphabar_t), sigma_t = sqrt(1 - alphabar_t), NaNs zeroed and `grad_clip`
   applied to grad_img as to the latent gradient.
+  For VSD (stable-diffusion-vsd-guidance `loss_vsd_img`, the unified guidance's VSD mode
+  `loss_sd_img`; threestudio's HiFA port) the render x in grad_img is replaced by the one-step image
+  of the *second* score, decode((z_t - sigma_t eps_lora) / alpha_t): SDS's second score is the sampled
+  noise, whose one-step image is the render's own latent, so the SDS form is that case with x kept.
 
 Both compose with `ScoreDistillationGuidance.distill`: the distillation step is the one SDS step of
 lift3d.guidance.sds (its z_t, t and guided noise are reused here); nothing of it is repeated.
@@ -49,6 +55,15 @@ def image_space_gradient(image: Tensor, denoised: Tensor, alphas_cumprod: Tensor
                         grad_clip)
 
 
+def anneal_start_percent(max_step_percent: Any, epoch: int, global_step: int) -> float:
+    """The max_step_percent the sqrt anneal starts from: a number as given, a schedule list
+    [start_step, start_value, end_value, end_step] by its start value (threestudio reads index 1)."""
+    if isinstance(max_step_percent, (int, float)):
+        return float(max_step_percent)
+    values = list(max_step_percent)
+    return float(values[1]) if len(values) >= 2 else float(C(max_step_percent, epoch, global_step))
+
+
 class HiFAOptions:
     """Mixin for a `ScoreDistillationGuidance` whose Config has `sqrt_anneal`, `trainer_max_steps` and
     `use_img_loss` (stable-diffusion-guidance): the annealed timestep in `update_step` and
@@ -68,21 +83,33 @@ class HiFAOptions:
         if self.cfg.sqrt_anneal and hasattr(self, "alphas_cumprod"):
             percent = sqrt_anneal_percent(
                 min(global_step, int(self.cfg.trainer_max_steps)), int(self.cfg.trainer_max_steps),
-                C(self.cfg.min_step_percent, epoch, global_step), C(self.cfg.max_step_percent, epoch, global_step),
+                C(self.cfg.min_step_percent, epoch, global_step),
+                anneal_start_percent(self.cfg.max_step_percent, epoch, global_step),
             )
             self.min_step, self.max_step = timestep_range(self.num_train_timesteps, percent, percent)
 
-    def add_image_space_loss(self, step: DistillStep, render: Optional[Tensor]) -> None:
-        """With `use_img_loss`, step.out["loss_sds_img"] for the render [B,H,W,C] in [0,1] the step's
-        latents were encoded from (the step's z_t, t and guided noise; one VAE decode, no gradient)."""
+    def one_step_image(self, step: DistillStep, eps: Tensor) -> Tensor:
+        """decode((z_t - sigma_t eps) / alpha_t) for the step's z_t [B,4,h,w]: [B,3,res,res] in [0,1], no gradient."""
+        x0 = predict_x0(step.z_t, eps, step.t, self.alphas_cumprod)  # [B,4,h,w]
+        with torch.no_grad():
+            return self.model.decode_latents(x0).permute(0, 3, 1, 2)
+
+    def add_image_space_loss(self, step: DistillStep, render: Optional[Tensor], eps_pretrained: Optional[Tensor] = None,
+                             eps_estimate: Optional[Tensor] = None, name: str = "loss_sds_img") -> None:
+        """With `use_img_loss`, step.out[name] for the render [B,H,W,C] in [0,1] the step's latents were
+        encoded from (the step's z_t and t; one VAE decode per score, no gradient through them).
+
+        eps_pretrained [B,4,h,w]: the pretrained guided noise (default the step's guided noise, SDS);
+        eps_estimate: VSD's second score (the LoRA's noise), whose one-step image replaces the render
+        as the point the target is measured from (module docstring); None for SDS."""
         if not self.cfg.use_img_loss or render is None:
             return
         image = resize_nchw(render.permute(0, 3, 1, 2)[:, :3], self.resolution)  # [B,3,res,res], differentiable
-        x0 = predict_x0(step.z_t, step.eps_guided, step.t, self.alphas_cumprod)  # [B,4,h,w]
-        denoised = self.model.decode_latents(x0).permute(0, 3, 1, 2)  # [B,3,res,res], no gradient
-        grad_img = image_space_gradient(image, denoised, self.alphas_cumprod, step.t, self.cfg.weighting_strategy,
+        denoised = self.one_step_image(step, step.eps_guided if eps_pretrained is None else eps_pretrained)
+        start = image if eps_estimate is None else self.one_step_image(step, eps_estimate)  # [B,3,res,res]
+        grad_img = image_space_gradient(start, denoised, self.alphas_cumprod, step.t, self.cfg.weighting_strategy,
                                         self.grad_clip_val)
-        step.out["loss_sds_img"] = sds_loss(image, grad_img)
+        step.out[name] = sds_loss(image, grad_img)
 
 
-__all__ = ["HiFAOptions", "image_space_gradient", "sqrt_anneal_percent"]
+__all__ = ["HiFAOptions", "anneal_start_percent", "image_space_gradient", "sqrt_anneal_percent"]

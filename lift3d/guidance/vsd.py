@@ -31,7 +31,11 @@ Per call (render [B,H,W,3] in [0,1], the batch's cameras, text embeddings):
 The LoRA weights are the guidance's `trainable_modules()`: the system registers them as its child
 `guidance_params` (checkpointed, restored on resume, optimised). `max_step_percent_annealed` /
 `anneal_start_step`: after that step max_step = T * max_step_percent_annealed (threestudio's rule;
-a scheduled `max_step_percent` works too). Keyword overrides for tests: `t=[B]`, `noise=[B,4,h,w]`.
+a scheduled `max_step_percent` works too; null or HiFA's `sqrt_anneal` switches it off). HiFA's keys
+(lift3d.guidance.hifa, docs/methods/hifa.md): `sqrt_anneal` (one annealed timestep) and `use_img_loss`,
+which adds `loss_vsd_img` (weight `lambda_vsd_img`): grad_img = w(t) (x̂_lora - x̂_pre) alpha_t / sigma_t
+on the render resized to `resolution`², x̂ the decoded one-step images of eps_lora and eps_pre (zero
+when the LoRA predicts what the pretrained model predicts). Keyword overrides for tests: `t=[B]`, `noise=[B,4,h,w]`.
 """
 from __future__ import annotations
 
@@ -78,9 +82,9 @@ class StableDiffusionVSDGuidance(StableDiffusionGuidance):
         lora_rank: int = 4  # lift3d key (threestudio hard-codes diffusers' LoRA default, 4)
         camera_condition_type: str = "extrinsics"  # extrinsics (c2w) | mvp
         max_step_percent_annealed: float = 0.5
-        anneal_start_step: int = 5000
+        anneal_start_step: Optional[int] = 5000  # null: no such switch (HiFA's sqrt_anneal replaces it too)
 
-    produces = ("loss_vsd", "loss_lora")
+    produces = ("loss_vsd", "loss_lora", "loss_vsd_img")  # loss_vsd_img with use_img_loss (HiFA)
     lora_model_class = CameraConditionedStableDiffusion
 
     # ------------------------------------------------------------------ validation and loading
@@ -123,7 +127,9 @@ class StableDiffusionVSDGuidance(StableDiffusionGuidance):
 
     def update_step(self, epoch: int, global_step: int) -> None:
         super().update_step(epoch, global_step)
-        if hasattr(self, "alphas_cumprod") and global_step > self.cfg.anneal_start_step:
+        start = self.cfg.anneal_start_step
+        # with HiFA's sqrt_anneal the timestep is its single annealed value (threestudio's HiFA port)
+        if hasattr(self, "alphas_cumprod") and start is not None and not self.cfg.sqrt_anneal and global_step > start:
             self.max_step = max(self.min_step, int(self.num_train_timesteps * self.cfg.max_step_percent_annealed))
 
     # ------------------------------------------------------------------ the two scores
@@ -140,9 +146,16 @@ class StableDiffusionVSDGuidance(StableDiffusionGuidance):
         """eps_lora [B,4,h,w]: one call on [z_t; z_t] with (prompt, c) and (negative prompt, 0), CFG scale s_l.
         text_embeddings [2B,77,D] (cond then uncond), camera [B,16]."""
         cameras = torch.cat([camera, torch.zeros_like(camera)])
-        eps = self.lora_model.predict_eps(torch.cat([z_t, z_t]), torch.cat([t, t]), text_embeddings, cameras)
+        eps = self.lora_model.predict_eps(torch.cat([z_t, z_t]), torch.cat([t, t]),
+                                          self.lora_text_embeddings(text_embeddings), cameras)
         eps_cond, eps_uncond = eps.chunk(2)
         return classifier_free_guidance(eps_uncond, eps_cond, float(self.cfg.guidance_scale_lora))
+
+    def lora_text_embeddings(self, text_embeddings: Tensor) -> Tensor:
+        """The LoRA call's text rows [2B,77,D] for its (camera, zero camera) halves: here the prompt, then the
+        negative prompt (threestudio's stable-diffusion-vsd-guidance); the unified guidance's VSD mode gives
+        the prompt to both halves."""
+        return text_embeddings
 
     def vsd_predictor(self, text_vd: Tensor, text_vi: Tensor):
         """predict(z_t, t, noise, camera) for the shared step. With a camera [B,16] (the step's own call):
@@ -203,6 +216,9 @@ class StableDiffusionVSDGuidance(StableDiffusionGuidance):
         # the replaced step shares step.out, where the grid lands
         self.add_guidance_eval(dataclasses.replace(step, eps_guided=step.extra.eps_pretrained), predict,
                                None if as_latents else image)
+        # HiFA's image-space term (use_img_loss): the LoRA's one-step image pulled toward the pretrained one's
+        self.add_image_space_loss(step, None if as_latents else image, eps_pretrained=step.extra.eps_pretrained,
+                                  eps_estimate=step.extra.eps_lora, name="loss_vsd_img")
         out = dict(step.out)
         out["loss_vsd"] = out.pop("loss_sds")
         out["loss_lora"] = self.lora_loss(latents, text_vi.chunk(2)[0], camera)

@@ -4,6 +4,13 @@ Training: the whole frame is rendered at 1/global_downsample resolution and upsa
 to H×W, and one random patch_size² window is rendered at full resolution and pasted in, so a
 512² image costs about a 128² render plus a 128² patch. Evaluation renders the full frame with
 the base renderer. Per-sample outputs (weights, normals, ...) come from the patch render.
+
+The base renderer is `base_renderer_type` configured by `base_renderer`. As in threestudio's patch
+renderer (whose Config carries the NeRF renderer's keys and hands its own section, less the patch keys,
+to the base renderer; configs/prolificdreamer-patch.yaml), the base renderer's keys may also be given
+beside the patch keys: `radius`, `num_samples_per_ray`, `randomized`, `eval_chunk_size`, `grid_prune`,
+`return_comp_normal`, `return_normal_perturb` (BASE_KEYS) fill the `base_renderer` section; a key given
+in both places with different values is a ConfigError.
 """
 from __future__ import annotations
 
@@ -13,8 +20,30 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
+from lift3d.errors import ConfigError
 from lift3d.registry import find, register
 from lift3d.renderers.base import BaseRenderer
+
+# base-renderer keys accepted beside the patch keys (threestudio's patch renderer Config)
+BASE_KEYS = ("radius", "num_samples_per_ray", "randomized", "eval_chunk_size", "grid_prune", "return_comp_normal",
+             "return_normal_perturb")
+
+
+def base_renderer_section(cfg: Any, path: str = "system.renderer") -> dict:
+    """`base_renderer` with the BASE_KEYS given beside the patch keys (null: not given) filled in."""
+    from omegaconf import OmegaConf
+
+    section = OmegaConf.to_container(cfg.base_renderer, resolve=True) if OmegaConf.is_config(cfg.base_renderer) \
+        else dict(cfg.base_renderer or {})
+    for key in BASE_KEYS:
+        value = cfg.get(key)
+        if value is None:
+            continue
+        if key in section and section[key] != value:
+            raise ConfigError(f"{path}.{key} = {value} and {path}.base_renderer.{key} = {section[key]} disagree: "
+                              f"give the base renderer's {key} in one place.")
+        section[key] = value
+    return section
 
 
 @register("patch-renderer")
@@ -26,6 +55,14 @@ class PatchRenderer(BaseRenderer):
         global_detach: bool = False  # stop gradients through the low-resolution full frame
         base_renderer_type: str = "nerf-volume-renderer"
         base_renderer: dict = field(default_factory=dict)
+        # the base renderer's keys given here (module docstring); null: not given
+        radius: Optional[float] = None
+        num_samples_per_ray: Optional[int] = None
+        randomized: Optional[bool] = None
+        eval_chunk_size: Optional[int] = None
+        grid_prune: Optional[bool] = None
+        return_comp_normal: Optional[bool] = None
+        return_normal_perturb: Optional[bool] = None
 
     @classmethod
     def validate_config(cls, cfg: Any, path: str = "system.renderer") -> None:
@@ -33,14 +70,14 @@ class PatchRenderer(BaseRenderer):
 
         base = find(cfg.base_renderer_type)
         base_path = f"{path}.base_renderer"
-        base.validate_config(
-            parse_structured(base.Config, cfg.base_renderer, base_path, f"renderer '{cfg.base_renderer_type}'"), base_path
-        )
+        section = base_renderer_section(cfg, path)
+        base.validate_config(parse_structured(base.Config, section, base_path, f"renderer '{cfg.base_renderer_type}'"),
+                             base_path)
 
     def configure(self, geometry, material, background) -> None:
         super().configure(geometry, material, background)
         self.base_renderer = find(self.cfg.base_renderer_type)(
-            self.cfg.base_renderer, geometry=geometry, material=material, background=background
+            base_renderer_section(self.cfg), geometry=geometry, material=material, background=background
         )
 
     def forward(
