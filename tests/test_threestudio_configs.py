@@ -343,3 +343,19 @@ def test_zero123_and_stable_zero123_verbatim(tiny, tmp_path, one_torch_thread):
     assert all(float(r["train/loss_3d_normal_smooth"]) >= 0 and float(r["train/loss_rgb"]) > 0 for r in logged)
     stable = _run("stable-zero123", tiny, tmp_path)  # resolution milestones, cmaxgt0 resolvers
     assert list((stable.trial / "save").glob("it2-export/*.obj"))
+
+
+# issue #16: SDI with Perp-Neg, co3d-datamodule (a synthetic CO3D sequence, reference losses before
+# freq.ref_only_steps), the gradio demos' dummy-exporter (--export succeeds and writes nothing)
+VERBATIM_16 = {"sdi": ("loss_sdi",), "co3d-imagecondition": ("loss_rgb", "loss_mask"),
+               "gradio-latentnerf": ("loss_sds",), "gradio-sjc": ("loss_sds",)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(VERBATIM_16))
+def test_issue16_configs_verbatim(name, tiny, tmp_path, one_torch_thread):
+    row = _run(name, tiny, tmp_path)
+    logged = _losses(row)
+    assert len(logged) == 2 and all(float(r[f"train/{loss}"]) > 0 for r in logged for loss in VERBATIM_16[name])
+    meshes = [p for ext in ("obj", "glb", "ply") for p in (row.trial / "save").rglob(f"*.{ext}")]
+    assert bool(meshes) == (not name.startswith("gradio-")), meshes  # dummy-exporter: no mesh
