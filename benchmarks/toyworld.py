@@ -137,7 +137,7 @@ def main() -> int:
     parser.add_argument("overrides", nargs="*", help="extra key=value config overrides for every run")
     args = parser.parse_args()
     args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
-    runs = [(p, m) for m in args.methods for p in args.prompts]
+    runs = [(p, m) for p in args.prompts for m in args.methods]  # prompt by prompt: a cut-short run compares whole prompts
     start = time.perf_counter()
     if args.batch:
         results = run_batch(runs, args)
