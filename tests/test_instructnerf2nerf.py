@@ -16,7 +16,7 @@ from lift3d.errors import ConfigError
 from lift3d.models.frozen import FrozenModels
 from lift3d.models.instruct_pix2pix import InstructPix2Pix, dual_guidance
 from lift3d.systems.instructnerf2nerf import InstructNeRF2NeRFSystem
-from tests.test_multiview_camera import write_scene
+from tools.multiview_synthetic import write_multiview_scene as write_scene
 
 REPO = Path(__file__).resolve().parent.parent
 THREESTUDIO_CONFIG = REPO / "tests" / "data" / "threestudio_style" / "instructnerf2nerf.yaml"

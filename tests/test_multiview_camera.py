@@ -2,41 +2,21 @@
 intervals, camera layouts, pixel-corner rays, interpolated eval poses, the editable image buffer."""
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from lift3d import find
-from lift3d.data.cameras import look_at_c2w
 from lift3d.errors import ConfigError
+from tools.multiview_synthetic import FOCAL, view_colour, write_multiview_scene
 
-N_VIEWS, SIZE, FOCAL = 6, 32, 40.0
-OFFSET = torch.tensor([0.5, -0.25, 1.0])  # the rig is not centred at the origin
-
-
-def view_colour(i: int) -> tuple[int, int, int]:
-    return (20 * i, 255 - 20 * i, 100)
+N_VIEWS, SIZE = 6, 32
 
 
 def write_scene(folder: Path, n_views: int = N_VIEWS, size: int = SIZE) -> Path:
-    """A nerfstudio-style dataset: constant-colour RGB images (colour = view), cameras on a ring."""
-    (folder / "images").mkdir(parents=True)
-    angles = torch.arange(n_views) * (2 * math.pi / n_views)
-    positions = torch.stack([2 * angles.cos(), 2 * angles.sin(), 0.3 * torch.ones(n_views)], -1)
-    c2w = look_at_c2w(positions)
-    c2w[:, :3, 3] += OFFSET
-    frames = []
-    for i in range(n_views):
-        Image.new("RGB", (size, size), view_colour(i)).save(folder / "images" / f"frame_{i:05d}.png")
-        frames.append({"file_path": f"images/frame_{i:05d}.png", "transform_matrix": c2w[i].tolist(),
-                       "fl_x": FOCAL, "fl_y": FOCAL, "cx": size / 2, "cy": size / 2, "w": size, "h": size})
-    (folder / "transforms.json").write_text(json.dumps({"camera_model": "OPENCV", "frames": frames}))
-    return folder
+    """Constant-colour views (colour = `view_colour(view)`) on a ring, rig off the origin."""
+    return write_multiview_scene(folder, n_views, size)
 
 
 @pytest.fixture(scope="module")

@@ -59,7 +59,7 @@ SINGLE_IMAGE_MODULES = ("single-image-datamodule", "single-image2-datamodule")
 ZERO123_GUIDANCES = ("zero123-guidance", "stable-zero123-guidance", "zero123-unified-guidance")
 IF_GUIDANCES = ("deep-floyd-guidance",)
 MODEL_KEYS = ("pretrained_model_name_or_path", "pretrained_model_name_or_path_lora", "vsd_phi_model_name_or_path",
-              "sd_model_name_or_path", "zero123_model_name_or_path")
+              "sd_model_name_or_path", "zero123_model_name_or_path", "ip2p_name_or_path")
 
 
 def make_inputs(folder: Path) -> str:
@@ -117,6 +117,34 @@ def co3d_sequence(models: TinyModels) -> str:
     return str(root / "toy" / "seq_0")
 
 
+def _tiny_beside(models: TinyModels, name: str, make: Any, marker: str) -> str:
+    """A tiny model / dataset `name` built once beside the tiny SD (the table's model folder)."""
+    target = Path(models.sd).parent / name
+    if not (target / marker).is_file():
+        make(target)
+    return str(target)
+
+
+def multiview_scene(models: TinyModels) -> str:
+    """A posed-photo scene (tools/multiview_synthetic.py, 6 views of 32²) for multiview-camera-datamodule."""
+    from tools.multiview_synthetic import write_multiview_scene
+
+    return _tiny_beside(models, "multiview-scene", write_multiview_scene, "transforms.json")
+
+
+def tiny_instruct_pix2pix(models: TinyModels) -> str:
+    from lift3d.models.tiny_factory import make_tiny_instruct_pix2pix
+
+    return _tiny_beside(models, "instruct-pix2pix", make_tiny_instruct_pix2pix, "model_index.json")
+
+
+def tiny_lpips(models: TinyModels) -> str:
+    from lift3d.models.lpips import LIN_FILE
+    from lift3d.models.tiny_factory import make_tiny_lpips
+
+    return _tiny_beside(models, "lpips", make_tiny_lpips, LIN_FILE)
+
+
 # ---------------------------------------------------------------- overrides
 def _plain(raw: Any, key: str) -> Any:
     return OmegaConf.select(raw, key, default=None, throw_on_missing=False, throw_on_resolution_failure=False)
@@ -170,6 +198,8 @@ def _sized(value: Any, size: Any) -> str:
 
 
 def _model_for(section_type: Optional[str], key: str, models: TinyModels, section: str) -> str:
+    if key == "ip2p_name_or_path":
+        return tiny_instruct_pix2pix(models)
     if key == "zero123_model_name_or_path" or (section_type in ZERO123_GUIDANCES and key == "pretrained_model_name_or_path"):
         return models.zero123
     if section_type in IF_GUIDANCES or (section == "prompt_processor" and section_type == "deep-floyd-prompt-processor"):
@@ -189,8 +219,8 @@ def input_overrides(raw: Any, models: TinyModels, previous_ckpt: Optional[str] =
         for key in MODEL_KEYS:
             given = key in body and isinstance(body.get(key), str) and body.get(key)
             # a model the config leaves to the component's default (a hub id) is given too
-            default = key == "pretrained_model_name_or_path" and key not in body and section != "prompt_processor" \
-                and _declares(section_type, key)
+            default = key in ("pretrained_model_name_or_path", "ip2p_name_or_path") and key not in body \
+                and section != "prompt_processor" and _declares(section_type, key)
             if given or default:
                 out.append(f"system.{section}.{key}={_model_for(section_type, key, models, section)}")
     if system.get("guidance_type") == "usd-guidance":  # the USD repository hard-codes its Zero-1-to-3 folder
@@ -203,6 +233,11 @@ def input_overrides(raw: Any, models: TinyModels, previous_ckpt: Optional[str] =
     if raw.get("data_type") == "co3d-datamodule" and _is_missing(raw, "data.root_dir"):  # a CO3D sequence
         out.append(f"data.root_dir={co3d_sequence(models)}")
     loss = system.get("loss") or {}
+    if raw.get("data_type") == "multiview-camera-datamodule" and (_is_missing(raw, "data.dataroot")
+                                                                  or not _plain(raw, "data.dataroot")):
+        out.append(f"data.dataroot={multiview_scene(models)}")  # posed photos (InstructNeRF2NeRF, Control4D)
+    if _declares(raw.get("system_type"), "perceptual_model_path") and _positive_somewhere(loss.get("lambda_p")):
+        out.append(f"system.perceptual_model_path={tiny_lpips(models)}")  # LPIPS weights (lift3d.models.lpips)
     if raw.get("data_type") in SINGLE_IMAGE_MODULES and "requires_depth" not in data.keys() \
             and _positive_somewhere(loss.get("lambda_depth")):  # older configs: the depth estimate is an input
         out.append("data.requires_depth=true")
@@ -239,6 +274,11 @@ def tiny_overrides(raw: Any, steps: int = 2) -> list[str]:
         out = [o for o in out if not o.startswith(("data.eval_", "data.n_val_views=", "data.n_test_views="))]
     if raw.get("data_type") == "co3d-datamodule":  # its eval cameras are data.random_camera's only
         out = [o for o in out if not o.startswith(("data.eval_", "data.n_val_views=", "data.n_test_views="))]
+    if raw.get("data_type") == "multiview-camera-datamodule":  # sizes are the photos' (32²) / downsampling
+        out = [o for o in out if not o.startswith(("data.height=", "data.width=", "data.eval_", "data.n_val_views=",
+                                                   "data.n_test_views="))]
+    if raw.get("system_type") == "instructnerf2nerf-system":
+        out.append("system.start_editing_step=0")  # dataset updates within the tiny run
     if "sample_height" in data:
         out += ["data.sample_height=16", "data.sample_width=16"]
     system = raw.get("system") or {}
