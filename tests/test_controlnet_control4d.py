@@ -246,13 +246,17 @@ TINY_RUN = ["trainer.max_steps=4", "trainer.val_check_interval=2", "checkpoint.e
             "system.renderer.base_renderer.num_samples_per_ray=16"]
 
 
+@pytest.mark.slow
 def test_control4d_static_config_verbatim_train_test_export(tiny_sd_path, tiny_cn_path, tmp_path):
+    from lift3d.models.tiny_factory import make_tiny_lpips
+
     config = CONFIGS / "control4d-static.yaml"
     scene = write_scene(tmp_path / "scene")
+    lpips = make_tiny_lpips(tmp_path / "lpips")
     overrides = [f"data.dataroot={scene}", "system.prompt_processor.prompt=a red cube",
                  f"system.prompt_processor.pretrained_model_name_or_path={tiny_sd_path}",
                  f"system.guidance.pretrained_model_name_or_path={tiny_sd_path}",
-                 f"system.guidance.controlnet_name_or_path={tiny_cn_path}",
+                 f"system.guidance.controlnet_name_or_path={tiny_cn_path}", f"system.perceptual_model_path={lpips}",
                  *TINY_RUN,
                  "system.start_editing_step=1", "system.guidance.diffusion_steps=2",  # an edit at the second view
                  f"exp_root_dir={tmp_path / 'out'}", "use_timestamp=false"]
@@ -263,6 +267,9 @@ def test_control4d_static_config_verbatim_train_test_export(tiny_sd_path, tiny_c
     edits = ckpt["control4d_edit_frames"]  # the view trained after start_editing_step was edited
     assert len(edits) == 1 and next(iter(edits.values())).shape == (1, 32, 32, 3)
     assert any(k.startswith("renderer.discriminator.") for k in ckpt["state_dict"])
+    assert not any(k.startswith("perceptual.") for k in ckpt["state_dict"])  # LPIPS stays out of checkpoints
+    logged = (trial / "csv_logs" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {f"train/loss_{n}" for n in ("l1", "p", "kl", "G", "D", "orient", "sparsity", "opaque")} <= set(logged)
     parsed = trial / "configs" / "parsed.yaml"
     run_launch(["--config", str(parsed), "--test", f"resume={trial / 'ckpts' / 'last.ckpt'}"])
     run_launch(["--config", str(parsed), "--export", f"resume={trial / 'ckpts' / 'last.ckpt'}",

@@ -13,7 +13,7 @@ Per training step (one view, B = 1; two optimizers, stepped by hand — Lightnin
      the render's normals) -> the view's new edit (used from the next visit on);
   4. generator losses, weighted by `system.loss.lambda_<name>` (§"Losses" of the method notes):
        l1  = |comp_int_rgb - comp_gt_rgb| + r2 |comp_gan_rgb - gt| + 0.25 r2 |area↓4(comp_gan_rgb) - sg(area↓4(comp_rgb))|
-       p   = r1 · perceptual(comp_gan_rgb, gt)          (lift3d.gan.perceptual on the guidance's VAE encoder)
+       p   = r1 · LPIPS(comp_gan_rgb, gt)               (lift3d.models.lpips; weights: perceptual_model_path)
        kl  = E[KL(posterior || N(0, I))]
        G   = -E[D(comp_gan_rgb)]
      with r2 = 1 at generator level 2 else 0.1, r1 = 1 at levels 1-2 else 0.1; plus the shared regularizers
@@ -36,9 +36,9 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import Tensor
 
+from lift3d.config import schedule_max
 from lift3d.errors import ConfigError
 from lift3d.gan.patch_discriminator import d_hinge_loss, g_loss
-from lift3d.gan.perceptual import perceptual_distance, vae_encoder_stages
 from lift3d.registry import find, register
 from lift3d.systems.lift3d_system import Lift3DSystem
 from lift3d.systems.optim import make_optimizer, validate_optimizer_config
@@ -58,8 +58,11 @@ class Control4DSystem(Lift3DSystem):
     class Config(Lift3DSystem.Config):
         start_editing_step: int = 2000
         per_editing_step: int = 20  # 0: no editing (reconstruction only)
+        # LPIPS weights for loss_p (lift3d.models.lpips: a folder with vgg16.pth and vgg.pth)
+        perceptual_model_path: Optional[str] = None
 
     system_losses = ("l1", "p", "kl", "G", "D")
+    perceptual: Any = None  # LPIPS (frozen, a plain attribute: not in checkpoints), built at fit start
 
     # ------------------------------------------------------------------ validation
     @classmethod
@@ -76,6 +79,13 @@ class Control4DSystem(Lift3DSystem):
             raise ConfigError(f"{path}.optimizer.optimizer_dis is missing: give the discriminator's optimizer, e.g. "
                               f"{{name: Adam, args: {{lr: 1.e-5}}, params: {{{DISCRIMINATOR}: {{}}}}}}.")
         validate_optimizer_config({"optimizer": OmegaConf.to_container(dis, resolve=True) if OmegaConf.is_config(dis) else dis})
+        if fitting and schedule_max(parsed.loss.get("lambda_p", 0.0)) > 0:
+            if not parsed.perceptual_model_path:
+                raise ConfigError(f"{path}.loss.lambda_p > 0 needs LPIPS weights: set {path}.perceptual_model_path="
+                                  f"<folder with vgg16.pth and vgg.pth (lift3d.models.lpips)>, or {path}.loss.lambda_p=0.")
+            from lift3d.models.lpips import LPIPS
+
+            LPIPS.from_folder(parsed.perceptual_model_path, f"{path}.perceptual_model_path")  # damaged files fail now
         if parsed.per_editing_step < 0:
             raise ConfigError(f"{path}.per_editing_step = {parsed.per_editing_step}: use 0 (no editing) or more.")
         return parsed
@@ -85,7 +95,6 @@ class Control4DSystem(Lift3DSystem):
         super().__init__(cfg, resumed, exp_root_dir)
         self.automatic_optimization = False
         self.edit_frames: dict[int, Tensor] = {}  # view index -> its latest edit [1,H,W,3] (CPU)
-        self._stages = None
 
     def configure_optimizers(self) -> Any:
         full = OmegaConf.to_container(self.cfg.optimizer, resolve=True) if OmegaConf.is_config(self.cfg.optimizer) \
@@ -111,15 +120,12 @@ class Control4DSystem(Lift3DSystem):
         self.edit_frames = dict(checkpoint.get("control4d_edit_frames", {}))
 
     # ------------------------------------------------------------------ training
-    def perceptual(self, a: Tensor, b: Tensor) -> Tensor:
-        """[B,H,W,3] x 2 -> [B] perceptual distance on the guidance's VAE encoder (lift3d.gan.perceptual)."""
-        if self._stages is None:
-            vae = getattr(getattr(self.guidance, "model", None), "vae", None)
-            if vae is None:
-                raise ConfigError("system.loss.lambda_p > 0 needs a latent-diffusion guidance (its VAE encoder gives the "
-                                  "perceptual features): use stable-diffusion-controlnet-guidance, or lambda_p=0.")
-            self._stages = vae_encoder_stages(vae)
-        return perceptual_distance(self._stages, _nchw(a).contiguous(), _nchw(b).contiguous())
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if self.cfg.perceptual_model_path and schedule_max(self.cfg.loss.get("lambda_p", 0.0)) > 0:
+            from lift3d.models.lpips import LPIPS
+
+            self.__dict__["perceptual"] = LPIPS.from_folder(self.cfg.perceptual_model_path).to(self.device)
 
     def editing_now(self) -> bool:
         return self.cfg.per_editing_step > 0 and self.true_global_step > self.cfg.start_editing_step
@@ -143,9 +149,9 @@ class Control4DSystem(Lift3DSystem):
               + F.l1_loss(lr_gan, lr_rgb) * r2 * 0.25)
         terms = {"loss_l1": l1, "loss_kl": out["posterior"].kl().mean(),
                  "loss_G": g_loss(self.renderer.discriminator, _nchw(gan))}
-        if self.lambdas().get("p", 0.0) > 0.0:
+        if self.lambdas().get("p", 0.0) > 0.0 and self.perceptual is not None:
             r1 = 1.0 if level >= 1 else 0.1
-            terms["loss_p"] = self.perceptual(gan, gt).sum() * r1
+            terms["loss_p"] = self.perceptual(_nchw(gan).contiguous(), _nchw(gt).contiguous()).sum() * r1
         return terms
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
