@@ -248,7 +248,10 @@ def test_usd_random_camera_datamodule_has_the_originals_reference_camera():
 # ------------------------------------------------------------------ the test copies: validation
 VALIDATES = ["dreamfusion-sd", "dreamfusion-sd-eff", "magic3d-coarse-sd", "magic3d-refine-sd", "fantasia3d",
              "fantasia3d-texture", "usd-patch", "usd-text-to-3D-patch", "usd-text-to-3D-geometry",
-             "usd-text-to-3D-texture"]
+             "usd-text-to-3D-texture",
+             # ProlificDreamer's variants (issue #15; unified-*: configs/experimental/unified-guidance/)
+             "prolificdreamer-patch", "prolificdreamer-geometry", "prolificdreamer-texture", "prolificdreamer-hifa",
+             "unified-prolificdreamer-hifa", "unified-magic123"]
 # configs of methods other issues bring: they stop naming what is missing until it is registered, then validate
 OTHERS = ["sjc", "prolificdreamer-propnet", "zero123", "stable-zero123", "imagecondition_zero123nerf_refine"]
 
@@ -359,3 +362,30 @@ def test_issue16_configs_verbatim(name, tiny, tmp_path, one_torch_thread):
     assert len(logged) == 2 and all(float(r[f"train/{loss}"]) > 0 for r in logged for loss in VERBATIM_16[name])
     meshes = [p for ext in ("obj", "glb", "ply") for p in (row.trial / "save").rglob(f"*.{ext}")]
     assert bool(meshes) == (not name.startswith("gradio-")), meshes  # dummy-exporter: no mesh
+
+
+# ProlificDreamer's variants: HiFA's image-space VSD loss, the unified guidance's VSD mode (+ HiFA), the
+# two-camera single-image data module; each weighs a loss that only exists when its piece runs
+PROLIFICDREAMER_VARIANTS = {"prolificdreamer-hifa": ("loss_vsd_img", "loss_lora"),
+                            "unified-prolificdreamer-hifa": ("loss_sd_img", "loss_train_phi"),
+                            "unified-magic123": ("loss_sd", "loss_3d_sd")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(PROLIFICDREAMER_VARIANTS))
+def test_prolificdreamer_variants_verbatim(name, tiny, tmp_path, one_torch_thread):
+    row = _run(name, tiny, tmp_path)
+    logged = _losses(row)
+    assert logged and all(float(r[f"train/{loss}"]) > 0 for r in logged for loss in PROLIFICDREAMER_VARIANTS[name])
+    assert list((row.trial / "save").glob("it2-export/*.obj"))
+
+
+@pytest.mark.slow
+def test_prolificdreamer_patch_geometry_texture_verbatim(tiny, tmp_path, one_torch_thread):
+    patch = _run("prolificdreamer-patch", tiny, tmp_path)  # base-renderer keys beside the patch keys
+    parsed = OmegaConf.load(patch.trial / "configs/parsed.yaml")
+    assert parsed.system.renderer.num_samples_per_ray == 16 and "base_renderer" not in parsed.system.renderer
+    geometry = _run("prolificdreamer-geometry", tiny, tmp_path, _last_ckpt(patch))  # DMTet from the NeRF
+    texture = _run("prolificdreamer-texture", tiny, tmp_path, _last_ckpt(geometry))  # lambda_vsd_img: 0 weighs nothing
+    assert all(float(r["train/loss_vsd"]) > 0 for r in _losses(texture))
+    assert list((texture.trial / "save").glob("it2-export/*.obj"))
