@@ -157,3 +157,23 @@ def test_only_guidances_that_combine_perp_neg_accept_it():
         check_perp_neg_support(find("deep-floyd-guidance"), "deep-floyd-guidance", True)
     with pytest.raises(ConfigError, match="needs view-dependent prompts"):
         check_perp_neg_support(find("stable-diffusion-guidance"), "stable-diffusion-guidance", False)
+
+
+def test_sdi_inversion_uses_perp_neg_at_the_inversion_scale_as_given(tiny_sd_path, prompt_utils):
+    """SDI's inversion with Perp-Neg: w = inversion_guidance_scale (threestudio's perp-neg form), where its
+    plain branch would use s + 1 (cfg_form threestudio)."""
+    from diffusers import UNet2DConditionModel
+
+    from lift3d.guidance.sdi import StableDiffusionSDIGuidance
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd_path, subfolder="unet").eval()
+    g = StableDiffusionSDIGuidance({"pretrained_model_name_or_path": str(tiny_sd_path), "t_anneal": False})
+    text = g.text_embeddings(prompt_utils, {"elevation": torch.tensor([10.0]), "azimuth": torch.tensor([120.0]),
+                                            "camera_distances": torch.tensor([1.5])})
+    zeroed = PerpNegText(text.embeddings, torch.zeros_like(text.neg_weights))
+    z, t = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5)), torch.tensor([400])
+    with torch.no_grad():
+        eps = unet(torch.cat([z, z]), torch.cat([t, t]), encoder_hidden_states=text.embeddings[:2]).sample
+        expected = eps[1:] - 7.5 * (eps[:1] - eps[1:])  # eps_u + (-7.5)(eps_p - eps_u)
+        assert torch.allclose(g.inversion_predictor(zeroed)(z, t), expected, atol=1e-4)
+        assert not torch.allclose(g.inversion_predictor(text)(z, t), expected, atol=1e-4)  # the negatives act
