@@ -4,18 +4,14 @@ DDIM identity, the GAN renderer's levels and modes, the hybrid material, and thr
 config (a copy under tests/data/threestudio_style) run verbatim with tiny models: train, test, export."""
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
-from PIL import Image
 
 from lift3d.data.cameras import look_at_c2w
 from lift3d.registry import find
-from tests.helpers import run_launch
 
 CONFIGS = Path(__file__).resolve().parent / "data" / "threestudio_style"
 pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")
@@ -223,57 +219,24 @@ def test_gan_renderer_levels_shapes_and_evaluation_mode():
 
 
 # ------------------------------------------------------------------ threestudio's config, end to end
-def write_scene(folder: Path, n_views: int = 3, size: int = 64) -> Path:
-    """transforms.json + photos of a coloured square on grey, cameras on a ring."""
-    (folder / "images").mkdir(parents=True)
-    angles = torch.arange(n_views) * (2 * math.pi / n_views)
-    c2w = look_at_c2w(torch.stack([2 * angles.cos(), 2 * angles.sin(), 0.3 * torch.ones(n_views)], -1))
-    frames = []
-    for i in range(n_views):
-        image = Image.new("RGB", (size, size), (40, 40, 40))
-        image.paste((200, 70 * i, 90), (16, 16, 48, 48))
-        image.save(folder / "images" / f"{i}.png")
-        frames.append({"file_path": f"images/{i}.png", "transform_matrix": c2w[i].tolist(), "fl_x": 60.0, "fl_y": 60.0,
-                       "cx": size / 2, "cy": size / 2, "w": size, "h": size})
-    (folder / "transforms.json").write_text(json.dumps({"frames": frames}))
-    return folder
-
-
-TINY_RUN = ["trainer.max_steps=4", "trainer.val_check_interval=2", "checkpoint.every_n_train_steps=4",
-            "trainer.enable_progress_bar=false", "trainer.precision=32", "trainer.num_sanity_val_steps=0",
-            "trainer.limit_val_batches=1", "system.geometry.pos_encoding_config.n_levels=4",
-            "system.geometry.pos_encoding_config.log2_hashmap_size=12", "system.geometry.isosurface_resolution=16",
-            "system.renderer.base_renderer.num_samples_per_ray=16"]
-
-
 @pytest.mark.slow
-def test_control4d_static_config_verbatim_train_test_export(tiny_sd_path, tiny_cn_path, tmp_path):
-    from lift3d.models.tiny_factory import make_tiny_lpips
+def test_control4d_static_config_verbatim_train_test_export(tiny_sd_path, tmp_path):
+    """The config unchanged plus the table's overrides (tools/config_compat_table.py): tiny SD / ControlNet /
+    LPIPS, the synthetic posed-photo scene, its prompt, 2 steps (one view: a generator and a discriminator
+    step) with an edit at step 0, then --test and --export of the checkpoint."""
+    from tools.config_compat_table import TinyModels, run_config
 
-    config = CONFIGS / "control4d-static.yaml"
-    scene = write_scene(tmp_path / "scene")
-    lpips = make_tiny_lpips(tmp_path / "lpips")
-    overrides = [f"data.dataroot={scene}", "system.prompt_processor.prompt=a red cube",
-                 f"system.prompt_processor.pretrained_model_name_or_path={tiny_sd_path}",
-                 f"system.guidance.pretrained_model_name_or_path={tiny_sd_path}",
-                 f"system.guidance.controlnet_name_or_path={tiny_cn_path}", f"system.perceptual_model_path={lpips}",
-                 *TINY_RUN,
-                 "system.start_editing_step=1", "system.guidance.diffusion_steps=2",  # an edit at the second view
-                 f"exp_root_dir={tmp_path / 'out'}", "use_timestamp=false"]
-    run_launch(["--config", str(config), "--train", *overrides])
-    trial = next((tmp_path / "out" / "control4d-static").iterdir())
-    ckpt = torch.load(trial / "ckpts" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert ckpt["global_step"] == 4  # 2 views trained: a generator and a discriminator step each
-    edits = ckpt["control4d_edit_frames"]  # the view trained after start_editing_step was edited
+    models = TinyModels(sd=str(tiny_sd_path), zero123="unused", deepfloyd_if="unused")
+    row = run_config(CONFIGS / "control4d-static.yaml", models, tmp_path / "runs")
+    assert row.outcome == "runs", row.detail
+    ckpt = torch.load(row.trial / "ckpts" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 2
+    edits = ckpt["control4d_edit_frames"]  # the trained view was edited (start_editing_step=-1)
     assert len(edits) == 1 and next(iter(edits.values())).shape == (1, 32, 32, 3)
     assert any(k.startswith("renderer.discriminator.") for k in ckpt["state_dict"])
     assert not any(k.startswith("perceptual.") for k in ckpt["state_dict"])  # LPIPS stays out of checkpoints
-    logged = (trial / "csv_logs" / "metrics.csv").read_text().splitlines()[0].split(",")
+    logged = (row.trial / "csv_logs" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {f"train/loss_{n}" for n in ("l1", "p", "kl", "G", "D", "orient", "sparsity", "opaque")} <= set(logged)
-    parsed = trial / "configs" / "parsed.yaml"
-    run_launch(["--config", str(parsed), "--test", f"resume={trial / 'ckpts' / 'last.ckpt'}"])
-    run_launch(["--config", str(parsed), "--export", f"resume={trial / 'ckpts' / 'last.ckpt'}",
-                "system.geometry.isosurface_threshold=auto"])
-    frames = sorted((trial / "save" / "it4-test").glob("*.png"))
-    assert len(frames) == 3 and (trial / "save" / "it4-test.mp4").is_file()
-    assert any((trial / "save" / "it4-export").rglob("*.obj"))
+    frames = sorted((row.trial / "save" / "it2-test").glob("*.png"))
+    assert len(frames) == 6 and (row.trial / "save" / "it2-test.mp4").is_file()  # the scene's 6 views
+    assert any((row.trial / "save" / "it2-export").rglob("*.obj"))

@@ -145,6 +145,13 @@ def tiny_lpips(models: TinyModels) -> str:
     return _tiny_beside(models, "lpips", make_tiny_lpips, LIN_FILE)
 
 
+def tiny_controlnet(models: TinyModels) -> str:
+    """A ControlNet folder built from the tiny SD (stable-diffusion-controlnet-guidance's controlnet_name_or_path)."""
+    from lift3d.models.tiny_factory import make_tiny_controlnet
+
+    return _tiny_beside(models, "controlnet", lambda target: make_tiny_controlnet(target, models.sd), "config.json")
+
+
 # ---------------------------------------------------------------- overrides
 def _plain(raw: Any, key: str) -> Any:
     return OmegaConf.select(raw, key, default=None, throw_on_missing=False, throw_on_resolution_failure=False)
@@ -227,6 +234,8 @@ def input_overrides(raw: Any, models: TinyModels, previous_ckpt: Optional[str] =
         out.append(f"system.guidance.zero123_model_name_or_path={models.zero123}")
     if _is_missing(raw, "system.prompt_processor.prompt"):
         out.append(f"system.prompt_processor.prompt={PROMPT}")
+    elif raw.get("data_type") == "multiview-camera-datamodule" and "prompt" not in (system.get("prompt_processor") or {}):
+        out.append(f"system.prompt_processor.prompt={PROMPT}")  # control4d-static.yaml: given on the command line
     data = raw.get("data") or {}
     if "image_path" in data.keys():  # (a ??? value is not `in` a DictConfig)
         out.append(f"data.image_path={models.image}")
@@ -238,6 +247,8 @@ def input_overrides(raw: Any, models: TinyModels, previous_ckpt: Optional[str] =
         out.append(f"data.dataroot={multiview_scene(models)}")  # posed photos (InstructNeRF2NeRF, Control4D)
     if _declares(raw.get("system_type"), "perceptual_model_path") and _positive_somewhere(loss.get("lambda_p")):
         out.append(f"system.perceptual_model_path={tiny_lpips(models)}")  # LPIPS weights (lift3d.models.lpips)
+    if _declares(system.get("guidance_type"), "controlnet_name_or_path"):  # threestudio picks one per control_type
+        out.append(f"system.guidance.controlnet_name_or_path={tiny_controlnet(models)}")
     if raw.get("data_type") in SINGLE_IMAGE_MODULES and "requires_depth" not in data.keys() \
             and _positive_somewhere(loss.get("lambda_depth")):  # older configs: the depth estimate is an input
         out.append("data.requires_depth=true")
@@ -279,6 +290,8 @@ def tiny_overrides(raw: Any, steps: int = 2) -> list[str]:
                                                    "data.n_test_views="))]
     if raw.get("system_type") == "instructnerf2nerf-system":
         out.append("system.start_editing_step=0")  # dataset updates within the tiny run
+    if raw.get("system_type") == "control4d-multiview-system":  # the PatchGAN needs views of 24+ px; an edit at step 0
+        out += ["data.train_downsample_resolution=1", "system.start_editing_step=-1"]
     if "sample_height" in data:
         out += ["data.sample_height=16", "data.sample_width=16"]
     system = raw.get("system") or {}
