@@ -49,12 +49,6 @@ MISSING_COMPONENTS: dict[str, MissingComponent] = {
     "textmesh-system": MissingComponent("the SDF + NeuS system", "TextMesh", 16),
     "sdi-system": MissingComponent("the score distillation via inversion system", "SDI", 16),
     "stable-diffusion-sdi-guidance": MissingComponent("the DDIM-inversion SDS guidance", "SDI", 16),
-    "control4d-multiview-system": MissingComponent("the 4D GAN editing system", "Control4D", 16),
-    "gan-volume-renderer": MissingComponent("the GAN super-resolution volume renderer", "Control4D", 16),
-    "hybrid-rgb-latent-material": MissingComponent("the RGB + latent feature material", "Control4D", 16),
-    "stable-diffusion-controlnet-guidance": MissingComponent("the ControlNet (normal/canny) guidance",
-                                                             "Control4D / ControlNet", 16),
-    "controlnet-guidance": MissingComponent("the ControlNet (normal/canny) guidance", "ControlNet", 16),
 }
 
 
