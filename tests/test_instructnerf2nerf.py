@@ -16,6 +16,8 @@ from lift3d.errors import ConfigError
 from lift3d.models.frozen import FrozenModels
 from lift3d.models.instruct_pix2pix import InstructPix2Pix, dual_guidance
 from lift3d.systems.instructnerf2nerf import InstructNeRF2NeRFSystem
+from tools.config_compat_table import TinyModels, check_config, tiny_instruct_pix2pix
+from tools.config_compat_table import tiny_lpips as tiny_lpips_folder
 from tools.multiview_synthetic import write_multiview_scene as write_scene
 
 REPO = Path(__file__).resolve().parent.parent
@@ -23,17 +25,19 @@ THREESTUDIO_CONFIG = REPO / "tests" / "data" / "threestudio_style" / "instructne
 
 
 @pytest.fixture(scope="module")
-def tiny_ip2p(tmp_path_factory) -> Path:
-    from lift3d.models.tiny_factory import make_tiny_instruct_pix2pix
-
-    return make_tiny_instruct_pix2pix(tmp_path_factory.mktemp("tiny-models") / "tiny-ip2p", seed=0)
+def table_models(tiny_sd_path) -> TinyModels:
+    """The config table's tiny inputs; its InstructPix2Pix / LPIPS / scene are built beside the tiny SD."""
+    return TinyModels(sd=str(tiny_sd_path), zero123="unused", deepfloyd_if="unused")
 
 
 @pytest.fixture(scope="module")
-def tiny_lpips(tmp_path_factory) -> Path:
-    from lift3d.models.tiny_factory import make_tiny_lpips
+def tiny_ip2p(table_models) -> Path:
+    return Path(tiny_instruct_pix2pix(table_models))
 
-    return make_tiny_lpips(tmp_path_factory.mktemp("tiny-models") / "tiny-lpips", seed=0)
+
+@pytest.fixture(scope="module")
+def tiny_lpips(table_models) -> Path:
+    return Path(tiny_lpips_folder(table_models))
 
 
 # ------------------------------------------------------------------ the two-scale guidance
@@ -155,6 +159,11 @@ def test_a_system_with_another_guidance_or_without_lpips_weights_is_a_config_err
 
 
 # ------------------------------------------------------------------ threestudio's config, verbatim
+def test_threestudio_config_validates_with_the_config_tables_overrides(table_models):
+    row = check_config(THREESTUDIO_CONFIG, table_models)  # the README table's check (its dataset, models, sizes)
+    assert row.outcome == "validates", row.detail
+
+
 def tiny_overrides(scene: Path, ip2p: Path, sd: Path, lpips: Path, root: Path) -> list[str]:
     """Model paths, the dataset, sizes and steps only."""
     return [
@@ -165,7 +174,7 @@ def tiny_overrides(scene: Path, ip2p: Path, sd: Path, lpips: Path, root: Path) -
         "trainer.enable_progress_bar=false", "trainer.precision=32",
         "system.renderer.patch_size=16", "system.renderer.base_renderer.num_samples_per_ray=16",
         "system.geometry.pos_encoding_config.n_levels=4", "system.geometry.pos_encoding_config.log2_hashmap_size=12",
-        f"exp_root_dir={root}", "use_timestamp=false",
+        "system.geometry.isosurface_resolution=16", f"exp_root_dir={root}", "use_timestamp=false",
     ]
 
 
