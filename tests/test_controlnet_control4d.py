@@ -240,3 +240,25 @@ def test_control4d_static_config_verbatim_train_test_export(tiny_sd_path, tmp_pa
     frames = sorted((row.trial / "save" / "it2-test").glob("*.png"))
     assert len(frames) == 6 and (row.trial / "save" / "it2-test.mp4").is_file()  # the scene's 6 views
     assert any((row.trial / "save" / "it2-export").rglob("*.obj"))
+
+
+def test_lift3d_config_validates_with_the_users_inputs(tiny_sd_path, tiny_cn_path, tmp_path):
+    from lift3d.config import load_config, validate_experiment
+    from lift3d.errors import ConfigError
+    from lift3d.models.tiny_factory import make_tiny_lpips
+    from tools.multiview_synthetic import write_multiview_scene
+
+    scene = write_multiview_scene(tmp_path / "scene", n_views=2, size=32)
+    inputs = [f"data.dataroot={scene}", f"system.guidance.pretrained_model_name_or_path={tiny_sd_path}",
+              f"system.guidance.controlnet_name_or_path={tiny_cn_path}",
+              f"system.prompt_processor.pretrained_model_name_or_path={tiny_sd_path}",
+              "system.prompt_processor.prompt=a red shirt"]
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "control4d-static.yaml")
+    validate_experiment(load_config(config, cli_args=inputs + [f"system.perceptual_model_path={make_tiny_lpips(tmp_path / 'lp')}"]))
+    with pytest.raises(ConfigError, match=r"perceptual_model_path"):  # loss_p without LPIPS weights
+        validate_experiment(load_config(config, cli_args=inputs + ["system.perceptual_model_path=null"]))
+    system = OmegaConf.to_container(load_config(config, cli_args=inputs + ["system.perceptual_model_path=null"]).system,
+                                    resolve=True)
+    del system["optimizer"]["optimizer_dis"]
+    with pytest.raises(ConfigError, match=r"optimizer_dis is missing"):
+        find("control4d-multiview-system").validate_config(system, fitting=False)
