@@ -1,5 +1,5 @@
 """Control4D's super-resolution generator and local encoder (docs/methods/control4d.md §"GAN renderer";
-Shao et al., arXiv 2305.20082 §3.2 "4D generator"; the encoder/decoder layout of latent diffusion's
+Shao et al., arXiv 2305.20082 v1 §3, the GAN-based generator; the encoder/decoder layout of latent diffusion's
 autoencoder, Rombach et al., arXiv 2112.10752 Appendix).
 
 `LatentSRGenerator`: a low-resolution render [B,3,h,w] and its latent code [B,z,h,w] (concatenated) ->

@@ -1,7 +1,7 @@
 """`stable-diffusion-controlnet-guidance` (alias `controlnet-guidance`): Stable Diffusion steered by a
 ControlNet (Zhang et al., arXiv 2302.05543 §3) on a normal, canny or depth condition — threestudio's
-ControlNet guidance, used by Control4D (Shao et al., arXiv 2305.20082 §3.3) to edit a render under the
-condition. docs/methods/control4d.md §"ControlNet guidance".
+ControlNet guidance, used by Control4D (Shao et al., arXiv 2305.20082 v1 §3, its 2D diffusion-based editor)
+to edit a render under the condition. docs/methods/control4d.md §"ControlNet guidance".
 
 Models: SD (`pretrained_model_name_or_path`, SD 1.5 family) + a ControlNetModel
 (`controlnet_name_or_path`; null: threestudio's choice for `control_type` — lllyasviel/control_v11p_sd15_normalbae,

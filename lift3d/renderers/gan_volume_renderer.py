@@ -1,6 +1,6 @@
 """`gan-volume-renderer`: Control4D's GAN-based super-resolution renderer, static variant
-(Shao et al., arXiv 2305.20082 §3.2; threestudio's renderer of the same name; docs/methods/control4d.md
-§"GAN renderer").
+(Shao et al., arXiv 2305.20082 v1 §3: the 4D GAN, multi-level guidance; threestudio's renderer of the same
+name; docs/methods/control4d.md §"GAN renderer").
 
 A base volume renderer (`base_renderer_type`, e.g. nerf-volume-renderer) renders the view at 1/s of its
 size (s = 2^(len(channel_mult)-1) = 4: rays bilinearly resized) with a material of 3 + 2z channels
