@@ -56,15 +56,9 @@ MISSING_COMPONENTS: dict[str, MissingComponent] = {
 # (section under system, key, values) -> entry. Unlike names, a value cannot be asked of the registry:
 # remove an entry when its feature lands (tests/test_threestudio_configs.py lists them).
 MISSING_VALUES: dict[tuple[str, str, tuple[Any, ...]], MissingComponent] = {
-    ("renderer", "estimator", ("importance", "proposal")): MissingComponent(
-        "threestudio's importance / proposal-network ray samplers (`estimator`; lift3d samples with its "
-        "occupancy grid, `estimator: occgrid`)", "NeRF sampling", 16),
     ("guidance", "guidance_type", ("vsd",)): MissingComponent(
         "the VSD mode of threestudio's unified guidances (`guidance_type: vsd`; VSD itself is "
         "stable-diffusion-vsd-guidance)", "ProlificDreamer (unified guidance)", 15),
-    ("geometry", "finite_difference_normal_eps", ("progressive",)): MissingComponent(
-        "Neuralangelo's progressive finite-difference step (`finite_difference_normal_eps: progressive`)",
-        "NeuS / TextMesh", 16),
 }
 
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from lift3d.errors import ConfigError
 from lift3d.geometry.base import BaseGeometry, BaseImplicitGeometry
+from lift3d.geometry.finite_difference_eps import finite_difference_eps, validate_finite_difference_eps
 from lift3d.geometry.implicit_volume import default_hash_grid, default_mlp
 from lift3d.mesh import Mesh
 from lift3d.networks.encodings import get_encoding
@@ -47,7 +48,8 @@ class ImplicitSDF(BaseImplicitGeometry):
         pos_encoding_config: dict = field(default_factory=default_hash_grid)
         mlp_network_config: dict = field(default_factory=default_mlp)
         normal_type: str = "finite_difference"  # finite_difference | analytic
-        finite_difference_normal_eps: float = 0.01
+        # a number, or "progressive": the finest active hash-grid cell (lift3d.geometry.finite_difference_eps)
+        finite_difference_normal_eps: Union[float, str] = 0.01
         sdf_bias: Union[float, str] = 0.0  # number | sphere | ellipsoid
         sdf_bias_params: Any = None
         shape_init: Optional[str] = None  # sphere | ellipsoid | mesh:<path>
@@ -80,6 +82,7 @@ class ImplicitSDF(BaseImplicitGeometry):
         if bias == "ellipsoid" and (cfg.sdf_bias_params is None or len(list(cfg.sdf_bias_params)) != 3):
             raise ConfigError(f"{path}.sdf_bias_params must be the 3 semi-axes for sdf_bias=ellipsoid.")
         validate_shape_init(cfg.shape_init, cfg.shape_init_params, cfg.shape_init_mesh_up, cfg.shape_init_mesh_front, path)
+        validate_finite_difference_eps(cfg.finite_difference_normal_eps, cfg.pos_encoding_config, path)
 
     def configure(self) -> None:
         super().configure()
@@ -133,7 +136,7 @@ class ImplicitSDF(BaseImplicitGeometry):
                     grad = torch.autograd.grad(sdf.sum(), points, create_graph=grad_enabled)[0]
                     out["sdf_grad"] = grad
                 else:
-                    eps = self.cfg.finite_difference_normal_eps
+                    eps = finite_difference_eps(self.cfg.finite_difference_normal_eps, self.encoding, self.cfg.radius)
                     offsets = torch.eye(3, device=points.device, dtype=points.dtype) * eps  # [3,3]
                     probe = torch.cat([points[:, None] + offsets, points[:, None] - offsets], 1)  # [N,6,3]
                     s = self.forward_field(probe.reshape(-1, 3)).reshape(-1, 6)

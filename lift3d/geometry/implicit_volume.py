@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from lift3d.geometry.base import BaseImplicitGeometry
+from lift3d.geometry.finite_difference_eps import finite_difference_eps, validate_finite_difference_eps
 from lift3d.networks.encodings import get_encoding
 from lift3d.networks.mlp import get_activation, get_mlp
 from lift3d.registry import register
@@ -55,7 +56,8 @@ class ImplicitVolume(BaseImplicitGeometry):
         # finite_difference | analytic; null (threestudio: "no normals"): finite differences, computed only
         # when something asks for normals (validation renders, an orientation loss)
         normal_type: Optional[str] = "finite_difference"
-        finite_difference_normal_eps: float = 0.01
+        # a number, or "progressive": the finest active hash-grid cell (lift3d.geometry.finite_difference_eps)
+        finite_difference_normal_eps: Union[float, str] = 0.01
         isosurface_threshold: Union[float, str] = 25.0
 
     field_kind = "density"
@@ -80,6 +82,7 @@ class ImplicitVolume(BaseImplicitGeometry):
             raise ConfigError(
                 f"{path}.density_bias '{bias}': use blob_magic3d, blob_dreamfusion or a number."
             )
+        validate_finite_difference_eps(cfg.finite_difference_normal_eps, cfg.pos_encoding_config, path)
 
     def configure(self) -> None:
         super().configure()
@@ -125,7 +128,7 @@ class ImplicitVolume(BaseImplicitGeometry):
             if analytic:
                 grad = torch.autograd.grad(density.sum(), points, create_graph=grad_enabled)[0]
             else:
-                eps = self.cfg.finite_difference_normal_eps
+                eps = finite_difference_eps(self.cfg.finite_difference_normal_eps, self.encoding, self.cfg.radius)
                 offsets = torch.eye(3, device=points.device, dtype=points.dtype) * eps  # [3,3]
                 probe = torch.cat([points[:, None] + offsets, points[:, None] - offsets], 1)  # [N,6,3]
                 d = self.forward_field(probe.reshape(-1, 3)).reshape(-1, 6)

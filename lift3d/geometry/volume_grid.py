@@ -47,6 +47,9 @@ class VolumeGrid(ImplicitVolume):
         bias = cfg.density_bias
         if isinstance(bias, str) and bias not in ("blob", "blob_magic3d", "blob_dreamfusion"):
             raise ConfigError(f"{path}.density_bias '{bias}': use blob, blob_magic3d, blob_dreamfusion or a number.")
+        if isinstance(cfg.finite_difference_normal_eps, str):  # progressive follows hash-grid levels: a grid has none
+            raise ConfigError(f"{path}.finite_difference_normal_eps = '{cfg.finite_difference_normal_eps}': volume-grid "
+                              f"has no hash-grid levels to follow; give a number (e.g. 0.01).")
 
     def configure(self) -> None:
         BaseImplicitGeometry.configure(self)  # bbox; no hash grid or MLPs

@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from lift3d.errors import ConfigError
 from lift3d.networks.hashgrid import HashGridEncoding, ProgressiveBandHashGrid
+from lift3d.utils.base import Updateable
 
 
 class IdentityEncoding(nn.Module):
@@ -169,9 +170,10 @@ class SphericalHarmonicsEncoding(nn.Module):
         return torch.stack(out, dim=-1)  # [..., degree^2]
 
 
-class CompositeEncoding(nn.Module):
+class CompositeEncoding(nn.Module, Updateable):
     """Wraps an encoding: optional scaling of raw points from a bounding box to [0, 1] and optional
-    concatenation of the (scaled) input, as threestudio's ``CompositeEncoding``.
+    concatenation of the (scaled) input, as threestudio's ``CompositeEncoding``. It is ``Updateable``, so
+    a component's ``do_update_step`` reaches a progressive encoding inside it (the training step).
 
     ``bbox`` [2, D] (min row, max row): when given, ``x`` is first mapped by
     ``(x - bbox[0]) / (bbox[1] - bbox[0])``. With ``include_xyz`` the output is

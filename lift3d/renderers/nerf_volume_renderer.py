@@ -13,6 +13,14 @@ peak that no longer grows with the resolution. Each shaded sample costs about 0.
 MLPs) and 5.7 KB with finite-difference normals, which evaluation always computes
 (`lift3d/memory_check.py` holds the measured figures). Training marches with the same budget of
 candidates per pruning query (alpha pruning evaluates the field once per candidate).
+
+Samplers (`estimator`, threestudio's key; docs/nerf_sampling.md): `occgrid` (default) is the marching
+above; `importance` shades `num_samples_per_ray_importance` uniform intervals plus `num_samples_per_ray`
+intervals drawn from their weights under the field's own density (`renderers/importance_sampling.py`);
+`proposal` shades `num_samples_per_ray` intervals drawn from a small proposal network's weights, the
+network trained by the proposal loss with its own optimizer (`renderers/proposal_network.py`). Both
+sample [near_plane, far_plane] clipped to the cube, every ray alike; evaluation shades runs of whole
+rays of at most `eval_max_samples` samples.
 """
 from __future__ import annotations
 
@@ -27,6 +35,9 @@ from lift3d.ops.ray_marching import march_rays, ray_aabb_intersect
 from lift3d.ops.volume_rendering import accumulate_along_rays, render_weight_from_density, z_variance_along_rays
 from lift3d.registry import register
 from lift3d.renderers.base import BaseRenderer
+from lift3d.renderers.importance_sampling import importance_edges, packed_intervals, ray_segment
+
+ESTIMATORS = ("occgrid", "importance", "proposal")
 
 
 @register("nerf-volume-renderer")
@@ -56,20 +67,41 @@ class NeRFVolumeRenderer(BaseRenderer):
         # threestudio's: also the normals at every sample jittered by N(0, 0.01^2) (out["normal_perturb"],
         # training only) for the 3D normal smoothness loss lambda_3d_normal_smooth (lift3d.systems.regularizers)
         return_normal_perturb: bool = False
-        # threestudio's ray sampler switch: occgrid (its default) is this renderer's occupancy grid; its
-        # importance / proposal samplers are named as missing before any work (lift3d.compat.missing)
+        # threestudio's ray sampler switch (module docstring): occgrid | importance | proposal
         estimator: str = "occgrid"
         near_plane: float = 0.0
         far_plane: float = 1e10
+        # importance: uniform (coarse) intervals per ray; the drawn ones are num_samples_per_ray (threestudio's split)
+        num_samples_per_ray_importance: int = 64
+        # proposal: the proposal network's uniform intervals per ray; its config, optimizer and scheduler
+        num_samples_per_ray_proposal: int = 64
+        proposal_network_config: Optional[dict] = None
+        prop_optimizer_config: Optional[dict] = None
+        prop_scheduler_config: Optional[dict] = None
 
     @classmethod
     def validate_config(cls, cfg: Any, path: str = "system.renderer") -> None:
         super().validate_config(cfg, path)
-        if cfg.estimator != "occgrid":
-            from lift3d.errors import ConfigError
+        cls.validate_sampler(cfg, path)
 
-            raise ConfigError(f"{path}.estimator = '{cfg.estimator}': this renderer samples with its occupancy "
-                              f"grid, estimator: occgrid.")
+    @classmethod
+    def validate_sampler(cls, cfg: Any, path: str) -> None:
+        """The `estimator` keys (this renderer's and neus-volume-renderer's)."""
+        from lift3d.errors import ConfigError
+
+        if cfg.estimator not in ESTIMATORS:
+            raise ConfigError(f"{path}.estimator = '{cfg.estimator}' is unknown: use one of {', '.join(ESTIMATORS)}.")
+        for key in ("num_samples_per_ray", "num_samples_per_ray_importance", "num_samples_per_ray_proposal"):
+            if int(getattr(cfg, key)) < 1:
+                raise ConfigError(f"{path}.{key} = {getattr(cfg, key)}: use at least 1 (e.g. 64).")
+        if cfg.estimator != "occgrid" and not cfg.far_plane > cfg.near_plane >= 0.0:
+            raise ConfigError(f"{path}.near_plane = {cfg.near_plane}, far_plane = {cfg.far_plane}: the "
+                              f"{cfg.estimator} sampler needs 0 <= near_plane < far_plane.")
+        if cfg.estimator == "proposal":
+            from lift3d.renderers.proposal_network import validate_proposal_configs
+
+            validate_proposal_configs(cfg.proposal_network_config, cfg.prop_optimizer_config,
+                                      cfg.prop_scheduler_config, path)
 
     def configure(self, geometry, material, background) -> None:
         super().configure(geometry, material, background)
@@ -84,12 +116,19 @@ class NeRFVolumeRenderer(BaseRenderer):
         # step so that the bbox diagonal holds num_samples_per_ray samples
         self.render_step_size = 1.732 * 2 * r / self.cfg.num_samples_per_ray
         self.occupancy_grid = OccupancyGrid([-r, -r, -r, r, r, r], resolution=self.cfg.grid_resolution)
+        if self.cfg.estimator == "proposal":
+            from lift3d.renderers.proposal_network import ProposalSampler
+
+            self.proposal = ProposalSampler(self.cfg.proposal_network_config, self.cfg.prop_optimizer_config,
+                                            self.cfg.prop_scheduler_config, r)
 
     def _occupancy(self, points: torch.Tensor) -> torch.Tensor:
         return self.geometry.forward_field(points).reshape(-1) * self.render_step_size
 
     def update_step(self, epoch: int, global_step: int) -> None:
-        if self.cfg.grid_prune and self.training:
+        if self.cfg.estimator == "proposal" and self.training:
+            self.proposal.update_step(global_step)
+        if self.cfg.grid_prune and self.training and self.cfg.estimator == "occgrid":
             self.occupancy_grid.update(
                 global_step,
                 self._occupancy,
@@ -158,8 +197,56 @@ class NeRFVolumeRenderer(BaseRenderer):
     # ------------------------------------------------------------------ rendering
     def _render_rays(self, o: torch.Tensor, d: torch.Tensor, lights: torch.Tensor) -> dict[str, torch.Tensor]:
         """March and shade all rays at once (training: one graph for the whole batch)."""
+        if self.cfg.estimator != "occgrid":
+            edges = self._dense_edges(o, d)  # [N,K+1]
+            out = self._shade(o, d, lights, *packed_intervals(edges))
+            if self.cfg.estimator == "proposal" and self.training:
+                loss = self.proposal.loss(edges, out["weights"].detach().reshape(edges.shape[0], -1))
+                if loss is not None:
+                    out["loss_proposal"] = loss
+            return out
         ray_idx, t_starts, t_ends = self._march(o, d, chunk_size=int(self.cfg.eval_max_samples))
         return self._shade(o, d, lights, ray_idx, t_starts, t_ends)
+
+    # ------------------------------------------------------------------ importance / proposal samplers
+    def _dense_edges(self, o: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        """The intervals of the importance / proposal sampler for rays o, d [N,3] → edges [N,K+1]."""
+        t_near, t_far = ray_segment(o, d, self.cfg.radius, self.cfg.near_plane, self.cfg.far_plane,
+                                    self.occupancy_grid.aabb)
+        stratified = self.training and self.cfg.randomized
+        if self.cfg.estimator == "importance":
+            return importance_edges(t_near, t_far, self._interval_density(o, d), self.cfg.num_samples_per_ray_importance,
+                                    self.cfg.num_samples_per_ray, stratified)
+        return self.proposal.sample(o, d, t_near, t_far, self.cfg.num_samples_per_ray_proposal,
+                                    self.cfg.num_samples_per_ray, stratified, chunk=int(self.cfg.eval_max_samples))
+
+    def _interval_density(self, o: torch.Tensor, d: torch.Tensor):
+        """The field's density at the midpoints of dense intervals (t_starts, t_ends [N,K] → [N,K]),
+        evaluated in runs of at most `eval_max_samples` points: what importance sampling draws from."""
+        def density(t_starts: torch.Tensor, t_ends: torch.Tensor) -> torch.Tensor:
+            mid = (t_starts + t_ends) * 0.5  # [N,K]
+            points = (o[:, None] + d[:, None] * mid[..., None]).reshape(-1, 3)  # [N·K,3]
+            parts = [self.geometry.forward_field(p).reshape(-1) for p in points.split(int(self.cfg.eval_max_samples))]
+            return torch.cat(parts).reshape(mid.shape)
+
+        return density
+
+    def _render_dense_bounded(self, o: torch.Tensor, d: torch.Tensor, lights: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Evaluation of the importance / proposal samplers: runs of whole rays with at most
+        `eval_max_samples` shaded samples (and `eval_chunk_size` rays) each → per-ray outputs [N,C]."""
+        n = o.shape[0]
+        per_ray = self.cfg.num_samples_per_ray + (self.cfg.num_samples_per_ray_importance
+                                                  if self.cfg.estimator == "importance" else 0)
+        rays = max(1, min(int(self.cfg.eval_chunk_size), int(self.cfg.eval_max_samples) // per_ray))
+        out: dict[str, torch.Tensor] = {}
+        for a in range(0, n, rays):
+            b = min(n, a + rays)
+            part = self._shade(o[a:b], d[a:b], lights[a:b], *packed_intervals(self._dense_edges(o[a:b], d[a:b])))
+            for key, value in part.items():
+                if key not in out:
+                    out[key] = value.new_zeros(n, value.shape[-1])
+                out[key][a:b] = value
+        return out
 
     def _render_rays_bounded(self, o: torch.Tensor, d: torch.Tensor, lights: torch.Tensor) -> dict[str, torch.Tensor]:
         """Evaluation with a peak set by `eval_max_samples`, not by the number of rays (o, d, lights [N,3]).
@@ -170,6 +257,8 @@ class NeRFVolumeRenderer(BaseRenderer):
         alone) and each run is shaded and composited for its rays only. Per-ray outputs are written
         into [N,C] buffers; a ray without samples keeps zeros, as the unchunked compositing gives.
         """
+        if self.cfg.estimator != "occgrid":
+            return self._render_dense_bounded(o, d, lights)
         budget = int(self.cfg.eval_max_samples)
         n = o.shape[0]
         out: dict[str, torch.Tensor] = {}

@@ -16,6 +16,13 @@ and weights w_i = alpha_i ∏_{j<i} (1 - alpha_j) (`ops.volume_rendering.render_
 r rises linearly from 0 to 1 over `cos_anneal_end_steps` (0: r = 1 from the start): early on the
 opacity does not depend on the normal's direction, which eases the start from a sphere.
 
+`use_volsdf: true` (threestudio's key) replaces that opacity by VolSDF's density (Yariv et al. 2021,
+eq. 2-3): σ(x) = α Ψ_β(−sdf(x)) with α = 1/β = inv_s (clamped to at most 80 as threestudio does), Ψ_β
+the CDF of a zero-mean Laplace distribution of scale β, and alpha_i = 1 − exp(−σ_i δ_i) (threestudio
+composites its first-order form σ_i δ_i, which can exceed 1 once inv_s · δ_i > 1; the two agree for
+thin sections). `estimator: importance` (docs/nerf_sampling.md) draws its samples from the weights of
+this density (VolSDF) or of the head-on NeuS opacity, turned into a density −log(1 − alpha)/δ.
+
 Samples: uniform steps of diag / `num_samples_per_ray` (diag = the bbox diagonal 2√3·radius) inside
 the bbox, stratified during training. Pruning (both optional): `prune_alpha_threshold` drops samples
 whose alpha, estimated without normals (head-on, |k| = 1), is below 1e-2; `grid_prune` skips cells
@@ -61,6 +68,16 @@ def neus_alpha(
     return ((prev_cdf - next_cdf + 1e-5) / (prev_cdf + 1e-5)).clamp(0.0, 1.0)
 
 
+VOLSDF_MAX_INV_S = 80.0  # threestudio's clamp of VolSDF's α = 1/β
+
+
+def volsdf_density(sdf: torch.Tensor, inv_s: torch.Tensor) -> torch.Tensor:
+    """VolSDF's density α Ψ_β(−sdf) with α = 1/β = inv_s (≤ 80): inv_s · (1 − ½ e^{sdf·inv_s}) inside
+    (sdf < 0), inv_s · ½ e^{−sdf·inv_s} outside → same shape as sdf."""
+    inv_s = torch.as_tensor(inv_s).clamp(0.0, VOLSDF_MAX_INV_S)
+    return inv_s * (0.5 + 0.5 * sdf.sign() * torch.expm1(-sdf.abs() * inv_s))
+
+
 def neus_alpha_upper(sdf: torch.Tensor, half_width: float, inv_s: torch.Tensor) -> torch.Tensor:
     """The opacity of a section of half-width `half_width` crossed head-on (the largest |cos|),
     from the SDF alone: what pruning compares with its thresholds → [S]."""
@@ -83,6 +100,7 @@ class NeuSVolumeRenderer(NeRFVolumeRenderer):
         grid_ema_decay: float = 0.6  # a cell the surface left is skipped after ~log(0.5)/log(decay) updates
         grid_sdf_margin: float = 1.0  # occupied while |sdf| < margin · (cell diagonal + step)
         prune_alpha_threshold: bool = False
+        use_volsdf: bool = False  # VolSDF's density from the SDF instead of NeuS's opacity (module docstring)
 
     @classmethod
     def validate_config(cls, cfg: Any, path: str = "system.renderer") -> None:
@@ -97,6 +115,7 @@ class NeuSVolumeRenderer(NeRFVolumeRenderer):
             )
         if cfg.radius <= 0 or cfg.eval_chunk_size < 1:
             raise ConfigError(f"{path}.radius must be > 0 and {path}.eval_chunk_size >= 1.")
+        cls.validate_sampler(cfg, path)
 
     def configure(self, geometry, material, background) -> None:
         self.validate_config(self.cfg)
@@ -120,7 +139,9 @@ class NeuSVolumeRenderer(NeRFVolumeRenderer):
     def update_step(self, epoch: int, global_step: int) -> None:
         end = self.cfg.cos_anneal_end_steps
         self.cos_anneal_ratio = 1.0 if end == 0 else min(1.0, global_step / end)
-        if self.cfg.grid_prune and self.training:
+        if self.cfg.estimator == "proposal" and self.training:
+            self.proposal.update_step(global_step)
+        if self.cfg.grid_prune and self.training and self.cfg.estimator == "occgrid":
             self.occupancy_grid.update(
                 global_step, self._occupancy, occ_thre=0.5, ema_decay=self.cfg.grid_ema_decay,
                 warmup_steps=self.cfg.grid_warmup_steps, n=self.cfg.grid_update_interval,
@@ -144,9 +165,28 @@ class NeuSVolumeRenderer(NeRFVolumeRenderer):
             pos = o[ray_indices] + d[ray_indices] * ((t_starts + t_ends) * 0.5)[:, None]
             sdf = self.geometry.forward_field(pos).reshape(-1)
             half = 0.5 * (t_ends - t_starts) * d_norm[ray_indices, 0]
+            if self.cfg.use_volsdf:
+                return 1.0 - torch.exp(-2.0 * half * volsdf_density(sdf, self.inv_s.detach()))
             return neus_alpha_upper(sdf, half, self.inv_s.detach())
 
         return alpha_fn
+
+    def _interval_density(self, o: torch.Tensor, d: torch.Tensor):
+        """The density importance sampling draws from (t_starts, t_ends [N,K] → [N,K], per unit of t):
+        VolSDF's density, or the head-on NeuS opacity of each interval as −log(1 − alpha)/δ."""
+        d_norm = d.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # [N,1]
+        sdf_at = super()._interval_density(o, d)  # the geometry's field (the SDF) at the midpoints
+
+        def density(t_starts: torch.Tensor, t_ends: torch.Tensor) -> torch.Tensor:
+            sdf = sdf_at(t_starts, t_ends)  # [N,K]
+            inv_s = self.inv_s.detach()
+            if self.cfg.use_volsdf:
+                return volsdf_density(sdf, inv_s) * d_norm  # per unit of t
+            delta = (t_ends - t_starts).clamp_min(1e-12)  # [N,K]
+            alpha = neus_alpha_upper(sdf, 0.5 * delta * d_norm, inv_s).clamp(0.0, 1.0 - 1e-6)
+            return -torch.log1p(-alpha) / delta
+
+        return density
 
     def _shade(self, o, d, lights, ray_idx, t_starts, t_ends) -> dict[str, torch.Tensor]:
         """NeuS opacity from the SDF, then compositing: o, d, lights [N,3], ray_idx [S] in [0, N)."""
@@ -158,7 +198,10 @@ class NeuSVolumeRenderer(NeRFVolumeRenderer):
         dists = (t_ends - t_starts) * d_norm[ray_idx, 0]  # [S] world lengths
         geo = self.geometry(positions, output_normal=True)
         inv_s = self.inv_s
-        alpha = neus_alpha(geo["sdf"].reshape(-1), geo["normal"], t_dirs, dists, inv_s, self.cos_anneal_ratio)
+        if self.cfg.use_volsdf:
+            alpha = 1.0 - torch.exp(-dists * volsdf_density(geo["sdf"].reshape(-1), inv_s))  # [S]
+        else:
+            alpha = neus_alpha(geo["sdf"].reshape(-1), geo["normal"], t_dirs, dists, inv_s, self.cos_anneal_ratio)
         weights, _ = render_weight_from_alpha(alpha, ray_idx, n_rays)  # [S]
         rgb = self.material(
             features=geo["features"], viewdirs=t_dirs, positions=positions,

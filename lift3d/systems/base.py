@@ -319,12 +319,24 @@ class BaseLift3DSystem(TrialSaveDir, pl.LightningModule, Updateable):
         )
 
     def on_before_optimizer_step(self, optimizer: Any) -> None:
+        self.step_own_optimizers()
         for group in optimizer.param_groups:
             grads = [p.grad for p in group["params"] if p.grad is not None]
             if grads and not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
                 for name, p in self.named_parameters():
                     if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
                         self._nonfinite_fault(f"the gradient of {name} is not finite")
+
+    def step_own_optimizers(self) -> None:
+        """Step the modules that own an optimizer (`steps_own_parameters`, e.g. the proposal network) with
+        the gradients of this step's backward pass, unscaled by the mixed-precision loss scale if any."""
+        owners = [m for m in self.modules() if getattr(m, "steps_own_parameters", False)]
+        if not owners:
+            return
+        scaler = getattr(getattr(self._trainer, "precision_plugin", None), "scaler", None) if self._trainer else None
+        scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+        for module in owners:
+            module.step_own_optimizer(grad_scale=scale)
 
     def _skip_on_all_ranks(self) -> torch.Tensor:
         """The skip of several processes (Lightning cannot skip a DDP step by returning None): a zero

@@ -153,14 +153,21 @@ def check_param_groups(system: nn.Module, cfg: Any, skip_prefixes: tuple[str, ..
             owner[id(p)] = dotted
 
 
+def self_optimised_parameters(system: nn.Module) -> set[int]:
+    """ids of the parameters of modules that step them with their own optimizer (`steps_own_parameters =
+    True`, e.g. the proposal network of lift3d.renderers.proposal_network): not in system.optimizer."""
+    return {id(p) for m in system.modules() if getattr(m, "steps_own_parameters", False) for p in m.parameters()}
+
+
 def parameter_groups(system: nn.Module, params_cfg: Any) -> list[dict]:
+    own = self_optimised_parameters(system)
     if not params_cfg:
-        return [{"params": [p for p in system.parameters() if p.requires_grad]}]
+        return [{"params": [p for p in system.parameters() if p.requires_grad and id(p) not in own]}]
     groups = []
     for dotted, args in flatten_groups(params_cfg).items():
         target = _resolve_module(system, dotted)
         params = list(target.parameters()) if isinstance(target, nn.Module) else [target]
-        params = [p for p in params if isinstance(p, torch.Tensor) and p.requires_grad]
+        params = [p for p in params if isinstance(p, torch.Tensor) and p.requires_grad and id(p) not in own]
         if params:
             groups.append({"params": params, "name": dotted, **dict(args or {})})
     if not groups:
