@@ -35,7 +35,6 @@ MISSING_COMPONENTS: dict[str, MissingComponent] = {
                                                           f"{_M123} / unified guidance", 15),
     "zero123-unified-guidance": MissingComponent("threestudio's unified Zero-1-to-3 guidance", _M123, 15),
     "magic123-system": MissingComponent("the joint Zero-1-to-3 + SD system", _M123, 15),
-    "single-image2-datamodule": MissingComponent("the two-camera single-image data module", _M123, 15),
     "deep-floyd-guidance": MissingComponent("the pixel-space IF guidance", _IF, 15),
     "deep-floyd-prompt-processor": MissingComponent("the T5 prompt processor", _IF, 15),
     "image-condition-dreamfusion-system": MissingComponent("the image-conditioned DreamFusion system", _Z123, 15),
@@ -56,9 +55,6 @@ MISSING_COMPONENTS: dict[str, MissingComponent] = {
 # (section under system, key, values) -> entry. Unlike names, a value cannot be asked of the registry:
 # remove an entry when its feature lands (tests/test_threestudio_configs.py lists them).
 MISSING_VALUES: dict[tuple[str, str, tuple[Any, ...]], MissingComponent] = {
-    ("guidance", "guidance_type", ("vsd",)): MissingComponent(
-        "the VSD mode of threestudio's unified guidances (`guidance_type: vsd`; VSD itself is "
-        "stable-diffusion-vsd-guidance)", "ProlificDreamer (unified guidance)", 15),
 }
 
 
