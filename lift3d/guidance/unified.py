@@ -24,7 +24,7 @@ lift3d.guidance.sds) with the unified guidances' conventions:
 
 and one difference of the formula: the LoRA's two CFG branches both get the prompt (camera vs zero
 camera), where stable-diffusion-vsd-guidance gives the zero-camera branch the negative prompt; with
-s_phi = 1 (the default) the two guidances compute the same gradient (tests/test_vsd_unified.py).
+s_phi = 1 (the default) the two guidances compute the same gradient (tests/test_vsd_unified_hifa.py).
 `vsd_use_lora: false`, `vsd_use_camera_condition: false` and the `spherical` camera are ConfigErrors.
 
 Keys for features lift3d does not have (ControlNet, LoRA weights, token merging) are a ConfigError
