@@ -381,3 +381,17 @@ def test_character_lora_moves_the_generated_data_toward_the_character(tmp_path, 
     print("colour distance to the character, with / without the LoRA:", dist["with"].tolist(), dist["without"].tolist())
     # measured (100 LoRA steps): 0.07-0.30 with, 0.50-0.60 without (the toy prior paints "a sks cube" green)
     assert dist["with"].mean() < 0.6 * dist["without"].mean(), dist
+
+
+def test_character_lora_command_rejects_bad_inputs_before_any_work(tmp_path, capsys):
+    from custom.styleavatar3d import character_lora
+
+    (tmp_path / "empty").mkdir()
+    assert character_lora.main(["--images", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
+    assert "no character images" in capsys.readouterr().err
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "a.png").write_bytes(b"")
+    assert character_lora.main(["--images", str(tmp_path / "one"), "--out", str(tmp_path / "out"),
+                                "--token", "two words", "--model", "load/priors/toy-sd"]) == 2
+    assert "--token" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
