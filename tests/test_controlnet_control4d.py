@@ -262,3 +262,17 @@ def test_lift3d_config_validates_with_the_users_inputs(tiny_sd_path, tiny_cn_pat
     del system["optimizer"]["optimizer_dis"]
     with pytest.raises(ConfigError, match=r"optimizer_dis is missing"):
         find("control4d-multiview-system").validate_config(system, fitting=False)
+
+
+def test_control4d_views_must_fit_the_discriminator_and_come_one_per_step():
+    import types
+
+    from lift3d.errors import ConfigError
+
+    check = find("control4d-multiview-system").check_views
+    fake = types.SimpleNamespace(renderer=types.SimpleNamespace(cfg=types.SimpleNamespace(discriminator_layers=3)))
+    check(fake, 1, (24, 32))  # 24 px: the PatchGAN's last batch norm still sees 2x2 values
+    with pytest.raises(ConfigError, match="too small for the discriminator.*train_downsample_resolution"):
+        check(fake, 1, (16, 16))
+    with pytest.raises(ConfigError, match="data.batch_size=1"):
+        check(fake, 2, (64, 64))

@@ -122,10 +122,23 @@ class Control4DSystem(Lift3DSystem):
     # ------------------------------------------------------------------ training
     def on_fit_start(self) -> None:
         super().on_fit_start()
+        dataset = getattr(getattr(self.trainer, "datamodule", None), "train_dataset", None)
+        images = getattr(dataset, "images", None)  # multiview-camera-datamodule: [V,H,W,3]
+        if images is not None:
+            self.check_views(int(getattr(dataset, "batch_size", 1)), tuple(images.shape[1:3]))
         if self.cfg.perceptual_model_path and schedule_max(self.cfg.loss.get("lambda_p", 0.0)) > 0:
             from lift3d.models.lpips import LPIPS
 
             self.__dict__["perceptual"] = LPIPS.from_folder(self.cfg.perceptual_model_path).to(self.device)
+
+    def check_views(self, batch_size: int, size: tuple[int, int]) -> None:
+        """One view per step (one edit per view) of at least the discriminator's smallest size; ConfigError otherwise."""
+        if batch_size != 1:
+            raise ConfigError(f"control4d-multiview-system trains one view per step: set data.batch_size=1 (not {batch_size}).")
+        smallest = 3 * 2 ** self.renderer.cfg.discriminator_layers  # the PatchGAN's last batch norm needs 2+ values
+        if min(size) < smallest:
+            raise ConfigError(f"training views of {size[1]}x{size[0]} are too small for the discriminator (at least "
+                              f"{smallest} px a side): lower data.train_downsample_resolution.")
 
     def editing_now(self) -> bool:
         return self.cfg.per_editing_step > 0 and self.true_global_step > self.cfg.start_editing_step
@@ -157,13 +170,10 @@ class Control4DSystem(Lift3DSystem):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         opt_g, opt_d = self.optimizers()
         photo = batch.get("gt_rgb", batch.get("rgb"))
-        if photo is None or photo.shape[0] != 1:
-            raise ConfigError("control4d-multiview-system trains one view per step with its photo (gt_rgb): use "
-                              "data_type multiview-camera-datamodule with data.batch_size=1.")
-        smallest = 3 * 2 ** self.renderer.cfg.discriminator_layers  # the PatchGAN's last batch norm needs 2+ values
-        if min(photo.shape[1:3]) < smallest:
-            raise ConfigError(f"training views of {photo.shape[2]}x{photo.shape[1]} are too small for the discriminator "
-                              f"(at least {smallest} px a side): lower data.train_downsample_resolution.")
+        if photo is None:
+            raise ConfigError("control4d-multiview-system trains on posed photos (batch gt_rgb): use "
+                              "data_type multiview-camera-datamodule.")
+        self.check_views(photo.shape[0], tuple(photo.shape[1:3]))
         index = int(torch.as_tensor(batch["index"]).reshape(-1)[0])
         gt = self.target_of(index, photo)
         out = self({**batch, "gt_rgb": gt, "multi_level_guidance": True})
