@@ -12,7 +12,7 @@ from torch import Tensor
 
 class DiagonalGaussian:
     def __init__(self, params: Tensor) -> None:
-        self.mean, logvar = params.chunk(2, dim=1)
+        self.mean, logvar = params.float().chunk(2, dim=1)  # float32: exp(20) overflows half precision
         self.logvar = logvar.clamp(-30.0, 20.0)
         self.std = torch.exp(0.5 * self.logvar)
 

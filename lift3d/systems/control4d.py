@@ -229,7 +229,12 @@ class Control4DSystem(Lift3DSystem):
             images.append(self._full(out["opacity"][b], size))
             if photos is not None:
                 images.append(self.target_of(int(index), photos[b : b + 1])[0])
-            save_image(self.save_path(f"it{self.true_global_step}-{index}.png"), image_row(images))
+            row = image_row(images)
+            save_image(self.save_path(f"it{self.true_global_step}-{index}.png"), row)
+            if int(index) == 0:
+                for logger in self.loggers:
+                    if hasattr(logger.experiment, "add_image"):  # TensorBoard
+                        logger.experiment.add_image("val/render", row, self.true_global_step, dataformats="HWC")
 
 
 __all__ = ["Control4DSystem"]
