@@ -9,16 +9,19 @@ term are one system with a switch; nothing else differs).
   their poses as transforms.json (`save_rgba_dataset`, on by default here).
 - `usd-text-system`: text-to-3D (§3). implicit-volume, no-material, neural-environment-map
   background, patch-renderer, SD prompt processor, `usd-text-guidance`. The geometry and texture
-  stages set their own geometry/renderer/guidance in their configs.
+  stages set their own geometry/renderer/guidance in their configs. With the guidance's
+  `baseline: vsd_lora` (VSD's LoRA as USD's baseline, vsd_baseline.py) it checks that the LoRA trains.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from lift3d.registry import register
 from lift3d.systems.lift3d_system import Lift3DSystem
 
 from .original_keys import OriginalSystemKeys, OriginalUSDSystem
+from .vsd_baseline import check_lora_training
 
 
 @register("usd-system")
@@ -46,6 +49,13 @@ class USDTextSystem(Lift3DSystem):
         renderer_type: str = "patch-renderer"
         prompt_processor_type: str = "stable-diffusion-prompt-processor"
         guidance_type: str = "usd-text-guidance"
+
+    @classmethod
+    def validate_config(cls, cfg: Any, path: str = "system", resumed: bool = False, fitting: bool = True,
+                        exp_root_dir: str = "outputs") -> Any:
+        parsed = super().validate_config(cfg, path, resumed, fitting, exp_root_dir)
+        check_lora_training(parsed, path)  # usd-text-guidance's baseline: vsd_lora trains its LoRA (vsd_baseline.py)
+        return parsed
 
 
 __all__ = ["USDSystem", "USDTextSystem"]

@@ -2,7 +2,8 @@
 attention-mask alignment (AMA) loss on top of Stable Diffusion score distillation, with a DMTet
 geometry stage and a PBR appearance stage.
 
-Registers `xdreamer-guidance`. The stages use core components: `tetrahedra-sdf-grid`,
+Registers `xdreamer-guidance` and `xdreamer-vsd-guidance` (vsd_base.py: the appearance stage with VSD's
+score in place of SDS, CG-LoRA and AMA kept; docs/methods/prolificdreamer.md §5). The stages use core components: `tetrahedra-sdf-grid`,
 `mesh-rasterizer`, `pbr-material`, `pbr-mesh-exporter`, `lift3d-system`. Configs:
 custom/xdreamer/configs/xdreamer-geometry.yaml and xdreamer-texture.yaml (README, "X-Dreamer").
 
@@ -10,5 +11,6 @@ Modules: camera_encoder (camera -> f), cg_lora (adapters), attention_capture (at
 processors: adapters + EOS attention maps), ama_loss, guidance.
 """
 from .guidance import XDreamerGuidance
+from .vsd_base import XDreamerVSDGuidance
 
-__all__ = ["XDreamerGuidance"]
+__all__ = ["XDreamerGuidance", "XDreamerVSDGuidance"]

@@ -241,6 +241,11 @@ class XDreamerGuidance(StableDiffusionGuidance):
         return self.cg_lora.condition(e, f)
 
     # ------------------------------------------------------------------ the step
+    def score_step(self, latents: Tensor, predict: Any, batch: dict[str, Any], prompt_utils: Any, **kwargs: Any) -> Any:
+        """The distillation step with X-Dreamer's predictor (SDS); `xdreamer-vsd-guidance` (vsd_base.py)
+        puts VSD's LoRA baseline here. kwargs: distill's t, noise, grad_through_unet, grad_to_noisy_latents."""
+        return self.distill(latents, predict, **kwargs)
+
     def __call__(
         self,
         image: Tensor,
@@ -274,8 +279,8 @@ class XDreamerGuidance(StableDiffusionGuidance):
         # AMA: the step's UNet call runs with autograd and records the conditional rows' EOS maps
         ama = self.ama_active() and render_out is not None and "opacity" in render_out
         with (self.store.record(eos[:B]) if ama else contextlib.nullcontext()):
-            step = self.distill(latents, predict, t=t, noise=noise, grad_through_unet=ama,
-                                grad_to_noisy_latents=self.cfg.ama_grad_to_latents)
+            step = self.score_step(latents, predict, batch, prompt_utils, t=t, noise=noise, grad_through_unet=ama,
+                                   grad_to_noisy_latents=self.cfg.ama_grad_to_latents)
             maps = self.store.ordered_maps() if ama else []
         out = step.out
         out["loss_ama"] = ama_loss(maps, render_out["opacity"]) if ama else torch.zeros((), device=latents.device)
