@@ -324,4 +324,4 @@ def test_text_guidance_renders_and_loss_name(tiny_sd_path, prompt_utils):
     out["loss_usd"].backward()
     assert "loss_sds" not in out and image.grad.abs().sum() > 0
     assert out["guidance_eval"].shape == (2 * 64, 4 * 64, 3)
-    assert find("usd-text-guidance").produces == ("loss_usd",)
+    assert find("usd-text-guidance").produces == ("loss_usd", "loss_lora")  # loss_lora with baseline: vsd_lora
