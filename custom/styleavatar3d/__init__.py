@@ -11,7 +11,9 @@ from scratch on multi-view images that a ControlNet paints from renders of exist
   prior (diffusers' PriorTransformer, image_prior.py) trained on (w, frontal render) pairs of the GAN; --export
   makes the avatar of an input image (turntable video + mesh);
 
-Horizontal flips with mirrored labels: flip_augmentation.py. Configs: custom/styleavatar3d/configs/,
+LoRA characters: character_lora.py (`python -m custom.styleavatar3d.character_lora`, lift3d's DreamBooth-LoRA of
+custom/usd; stage 1 loads the result with `system.lora_path`). Horizontal flips with mirrored labels:
+flip_augmentation.py. Configs: custom/styleavatar3d/configs/,
 commands: README "StyleAvatar3D".
 """
 from . import data, data_system, pose_aware_discriminator, prior_system  # noqa: F401  (registration)
