@@ -246,8 +246,8 @@ def lora_b(ckpt, prefix):
 
 def tiny_models(sd, tmp_path):
     return [f"exp_root_dir={tmp_path / 'out'}", "trainer.max_steps=2", "checkpoint.every_n_train_steps=2",
-            "trainer.val_check_interval=2", "trainer.enable_progress_bar=false", "data.width=32", "data.height=32",
-            "data.eval_width=32", "data.eval_height=32", "data.n_val_views=1", "data.n_test_views=2",
+            "trainer.val_check_interval=100", "trainer.enable_progress_bar=false", "data.width=32", "data.height=32",
+            "data.eval_width=32", "data.eval_height=32", "data.n_val_views=1", "data.n_test_views=1",
             "system.prompt_processor.prompt=a red car", f"system.prompt_processor.pretrained_model_name_or_path={sd}",
             f"system.prompt_processor.cache_dir={tmp_path / 'cache'}", f"system.guidance.pretrained_model_name_or_path={sd}",
             f"system.guidance.pretrained_model_name_or_path_lora={sd}",
@@ -274,7 +274,7 @@ def test_usd_vsd_config_end_to_end(tmp_path, tiny_sd_path):
 
 @pytest.mark.slow
 def test_xdreamer_vsd_config_end_to_end(tmp_path, tiny_sd_path):
-    run_launch(["--config", str(XDREAMER_VSD), "--train", *tiny_models(tiny_sd_path, tmp_path), "data.batch_size=2",
+    run_launch(["--config", str(XDREAMER_VSD), "--train", *tiny_models(tiny_sd_path, tmp_path), "data.batch_size=1",
                 "system.geometry_convert_from=null", "system.geometry.shape_init=sphere",
                 "system.geometry.shape_init_params=0.5", "system.geometry.isosurface_resolution=16",
                 "system.guidance.ama_start_step=0", "system.exporter.texture_size=64"])
