@@ -20,7 +20,8 @@ Measures:
 - data: pose accuracy = silhouette IoU of each generated image vs its render's mask (all / front / side / back
   views; chance level = the same images against another view's mask); prompt match of the toy classifier
   (tools/toyworld/classifier.py, PODIA-3D's) on shape and colour;
-- GAN (G_ema): toy KID / FID (lift3d/gan/fid_kid.py, toy features) of samples at the data's cameras vs the data;
+- GAN (G_ema): toy KID (± std over 50 half-size subsets) / FID (lift3d/gan/fid_kid.py, toy features) of samples
+  at the data's cameras vs the data;
   3D consistency (lift3d/gan/consistency.py: mesh of 4 latents re-rendered vs their volume renders at 8 cameras);
   pose IoU of samples at held-out cameras (opacity > 0.5 vs the best-matching source mesh's mask at that camera);
   fraction of samples the classifier puts in one of the four data styles;
@@ -148,9 +149,9 @@ def main(argv=None) -> int:
     load_plugins()
     from custom.styleavatar3d.data import MeshRenderDataModule
     from custom.styleavatar3d.mesh_conditions import load_source_mesh, render_conditions, sample_poses
-    from custom.styleavatar3d.prior_system import StyleAvatar3DPriorSystem, frontal_label
-    from lift3d.gan.camera_label import orbit_labels, scene_up
-    from lift3d.gan.fid_kid import fid_kid
+    from custom.styleavatar3d.prior_system import WORLD_UP, StyleAvatar3DPriorSystem, frontal_label
+    from lift3d.gan.camera_label import orbit_labels
+    from lift3d.gan.fid_kid import frechet_distance, kernel_inception_distance, toy_features
     from lift3d.gan.generated_set_filters import foreground_mask, pose_scores, silhouette_iou
     from lift3d.gan.pretrained import load_any_generator
     from lift3d.utils.saving import image_row, save_image
@@ -233,7 +234,9 @@ def main(argv=None) -> int:
             gz = torch.Generator().manual_seed(123)
             z = torch.randn(data_labels.shape[0], G.z_dim, generator=gz)
             fake = torch.cat([G(zz, cc)["image"] for zz, cc in zip(z.split(32), data_labels.split(32))])  # [-1,1]
-            metrics = fid_kid(data_images * 2 - 1, fake, kind="toy")
+            real_f, fake_f = toy_features(data_images * 2 - 1), toy_features(fake)
+            kid, kid_std = kernel_inception_distance(real_f, fake_f, subsets=50, subset_size=real_f.shape[0] // 2)
+            metrics = {"kid": kid, "kid_std": kid_std, "fid": frechet_distance(real_f, fake_f)}
             ze = torch.randn(eval_labels.shape[0], G.z_dim, generator=gz)
             ws = G.mapping(ze, eval_labels)
             out_e = G.synthesis(ws, eval_labels)
@@ -309,7 +312,7 @@ def main(argv=None) -> int:
         pick = [2 * 3 + 1, 3 * 3 + 1]  # inputs: a green cube, a green cylinder (frontal)
         turn = []
         for i in pick:
-            ring = orbit_labels(front[0], 6, scene_up(front))[[1, 2, 4]]  # 60°, 120°, 240° around
+            ring = orbit_labels(front[0], 6, WORLD_UP)[[1, 2, 4]]  # 60°, 120°, 240° around the world's up
             turn += [inputs[i], *system.render(w[i:i + 1].expand(3, -1), ring)]
     rows = [views["image"][:k], gen[:k], gan_row, torch.stack(turn)[:k]]
     sheet = np.concatenate([image_row(upscale(r)) for r in rows], 0)

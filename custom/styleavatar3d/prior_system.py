@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lift3d.config import parse_structured
 from lift3d.errors import ConfigError
-from lift3d.gan.camera_label import look_at_labels, orbit_labels, scene_up
+from lift3d.gan.camera_label import look_at_labels, orbit_labels
 from lift3d.gan.mesh_export import EXPORT_FORMATS, export_triplane_mesh
 from lift3d.gan.pretrained import load_any_generator
 from lift3d.registry import register
@@ -34,6 +34,9 @@ from lift3d.utils.base import Updateable
 from lift3d.utils.saving import TrialSaveDir, image_row, save_image, save_video_from_folder
 
 from .image_prior import WSpacePrior, image_encoder
+
+
+WORLD_UP = torch.tensor([0.0, 0.0, 1.0])  # lift3d's spherical camera convention (look_at_labels)
 
 
 def frontal_label(elevation_deg: float, distance: float, fovy_deg: float) -> torch.Tensor:
@@ -220,7 +223,8 @@ class StyleAvatar3DPriorSystem(TrialSaveDir, pl.LightningModule, Updateable):
             image = batch["image"][:1].cpu()
         w = self.avatars(image)  # [1,w_dim]
         folder = self.save_path(f"it{self.global_step}-export/avatar.png").parent
-        labels = orbit_labels(self.label[0], self.cfg.n_frames, scene_up(self.label)).to(self.device)
+        # around lift3d's world up (z; frontal_label is built in that convention), not the tilted frontal camera's up
+        labels = orbit_labels(self.label[0], self.cfg.n_frames, WORLD_UP).to(self.device)
         frames = self.render(w.expand(len(labels), -1), labels)
         for i, frame in enumerate(frames):
             save_image(folder / "frames" / f"{i}.png", frame.permute(1, 2, 0).cpu())
