@@ -21,6 +21,13 @@ import torch  # noqa: E402
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# scripts/test.sh runs the suite on pytest-xdist workers (one per core by default): each worker and the
+# processes it starts (launch.py runs, DDP ranks, Ray jobs) use one torch thread unless a test says
+# otherwise, so that the workers do not oversubscribe the cores.
+if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 
 @pytest.fixture
 def repo_root() -> Path:
