@@ -29,7 +29,7 @@ Measures:
   render vs the input: classifier shape / colour agreement, mean foreground colour distance, silhouette IoU;
   baseline = renders of random latents of the same GAN.
 
-    nice -n 10 python benchmarks/styleavatar3d_toy.py --out outputs/bench/styleavatar3d_toy [--n 96 --gan-steps 600]
+    nice -n 10 python benchmarks/styleavatar3d_toy.py --out outputs/bench/styleavatar3d_toy [--n 48 --gan-steps 300 --seed 1]
 
 Stages already finished in `--out` are reused (rerun to finish or to re-measure). Writes <out>/results.json,
 <out>/results.md and <out>/pipeline.png (copied to docs/images/styleavatar3d_toy_pipeline.png with --figure):
@@ -126,13 +126,13 @@ def upscale(images: torch.Tensor, factor: int = 3) -> list[torch.Tensor]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="outputs/bench/styleavatar3d_toy")
-    parser.add_argument("--n", type=int, default=96, help="renders (each + its flip in the data)")
-    parser.add_argument("--num-steps", type=int, default=20, help="DDIM steps of the data generation")
-    parser.add_argument("--gan-steps", type=int, default=600)
+    parser.add_argument("--n", type=int, default=48, help="renders (each + its flip in the data)")
+    parser.add_argument("--num-steps", type=int, default=10, help="DDIM steps of the data generation")
+    parser.add_argument("--gan-steps", type=int, default=300)
     parser.add_argument("--gan-batch", type=int, default=8)
-    parser.add_argument("--prior-steps", type=int, default=1000)
-    parser.add_argument("--n-pairs", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--prior-steps", type=int, default=400)
+    parser.add_argument("--n-pairs", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--figure", action="store_true", help="copy pipeline.png to docs/images/")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
