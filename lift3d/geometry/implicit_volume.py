@@ -128,7 +128,8 @@ class ImplicitVolume(BaseImplicitGeometry):
             if analytic:
                 grad = torch.autograd.grad(density.sum(), points, create_graph=grad_enabled)[0]
             else:
-                eps = finite_difference_eps(self.cfg.finite_difference_normal_eps, self.encoding, self.cfg.radius)
+                eps = finite_difference_eps(self.cfg.finite_difference_normal_eps, getattr(self, "encoding", None),
+                                            self.cfg.radius)  # volume-grid has no encoding (and no progressive)
                 offsets = torch.eye(3, device=points.device, dtype=points.dtype) * eps  # [3,3]
                 probe = torch.cat([points[:, None] + offsets, points[:, None] - offsets], 1)  # [N,6,3]
                 d = self.forward_field(probe.reshape(-1, 3)).reshape(-1, 6)
