@@ -43,7 +43,11 @@ def kill_after_checkpoint(proc, root, beyond, delay_s):
     """SIGKILL `proc` `delay_s` after a step checkpoint beyond step `beyond` appears (a random
     moment of training). Returns the process's exit code (-9 when it was killed while running)."""
     deadline = time.time() + SAFETY_S
-    while time.time() < deadline and proc.poll() is None and not any(s > beyond for s in step_ckpts(root)):
+
+    def written():  # Lightning writes the step checkpoint, then last.ckpt: wait for both
+        return any(s > beyond for s in step_ckpts(root)) and any(root.glob("reconstruct-nerf/*/ckpts/last.ckpt"))
+
+    while time.time() < deadline and proc.poll() is None and not written():
         time.sleep(0.05)
     time.sleep(delay_s)
     if proc.poll() is None:
