@@ -40,7 +40,7 @@ from lift3d.errors import ConfigError
 from lift3d.guidance.control_conditions import CONTROL_TYPES, canny_control, depth_control, normal_control
 from lift3d.guidance.sds import Prediction, ScoreDistillationGuidance, resize_nchw
 from lift3d.guidance.stable_diffusion import require_text_embeddings
-from lift3d.models.ddim import ddim_sample, ddim_timesteps
+from lift3d.models.ddim import ddim_edit
 from lift3d.models.frozen import resolve_model
 from lift3d.models.stable_diffusion_controlnet import StableDiffusionControlNet
 from lift3d.registry import register
@@ -157,13 +157,11 @@ class ControlNetGuidance(ScoreDistillationGuidance):
                      noise: Optional[Tensor] = None) -> Tensor:
         """latents [B,4,h,w] noised to t, then DDIM back to 0 in diffusion_steps steps under the condition."""
         noise = torch.randn_like(latents) if noise is None else noise.to(latents)
-        tt = torch.full((latents.shape[0],), int(t), dtype=torch.long, device=latents.device)
-        z = self.model.add_noise(latents, noise, tt)
 
         def eps_fn(z_t: Tensor, step: Tensor) -> Tensor:
             return self.guided_noise(z_t, step, text, control)
 
-        return ddim_sample(z, ddim_timesteps(int(t), self.cfg.diffusion_steps), eps_fn, self.alphas_cumprod.to(z.device))
+        return ddim_edit(latents, t, noise, self.cfg.diffusion_steps, eps_fn, self.alphas_cumprod)
 
     def __call__(
         self,

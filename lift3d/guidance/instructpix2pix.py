@@ -34,10 +34,9 @@ from torch import Tensor
 from lift3d.errors import ConfigError
 from lift3d.guidance.sds import Prediction, ScoreDistillationGuidance, resize_nchw
 from lift3d.guidance.stable_diffusion import require_text_embeddings
-from lift3d.models.ddim import ddim_sample, ddim_timesteps
+from lift3d.models.ddim import ddim_edit
 from lift3d.models.frozen import resolve_model
 from lift3d.models.instruct_pix2pix import InstructPix2Pix
-from lift3d.models.noise_schedule import add_noise
 from lift3d.registry import register
 
 
@@ -117,9 +116,7 @@ class InstructPix2PixGuidance(ScoreDistillationGuidance):
     @torch.no_grad()
     def edit_latents(self, latents: Tensor, t: int, noise: Tensor, eps_fn: Any) -> Tensor:
         """Noise latents [B,4,h,w] to timestep t and denoise them in `diffusion_steps` DDIM steps."""
-        tt = torch.full((latents.shape[0],), int(t), dtype=torch.long, device=latents.device)
-        z_t = add_noise(latents, noise, tt, self.alphas_cumprod)
-        return ddim_sample(z_t, ddim_timesteps(int(t), int(self.cfg.diffusion_steps)), eps_fn, self.alphas_cumprod)
+        return ddim_edit(latents, t, noise, self.cfg.diffusion_steps, eps_fn, self.alphas_cumprod)
 
     # ------------------------------------------------------------------ the call
     def __call__(

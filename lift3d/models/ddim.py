@@ -55,6 +55,18 @@ def ddim_sample(
     return z
 
 
+@torch.no_grad()
+def ddim_edit(latents: Tensor, t: int, noise: Tensor, num_steps: int, eps_fn: EpsFn, alphas_cumprod: Tensor) -> Tensor:
+    """SDEdit-style edit: latents [B,4,h,w] noised to timestep t, then DDIM back to 0 in `num_steps` steps
+    (the edit of InstructPix2Pix / ControlNet guidances)."""
+    from lift3d.models.noise_schedule import add_noise
+
+    alphas_cumprod = alphas_cumprod.to(latents.device)
+    tt = torch.full((latents.shape[0],), int(t), dtype=torch.long, device=latents.device)
+    z_t = add_noise(latents, noise, tt, alphas_cumprod)
+    return ddim_sample(z_t, ddim_timesteps(int(t), int(num_steps)), eps_fn, alphas_cumprod)
+
+
 def seeded_noise(shape: tuple[int, ...], seeds: list[int], device: torch.device | str = "cpu") -> Tensor:
     """Noise [len(seeds), *shape] with one generator per sample (seed s -> sample), so a sample does
     not depend on the batch it is drawn in; made on the CPU (the same numbers on any device)."""
