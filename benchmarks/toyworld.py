@@ -6,6 +6,13 @@ the shipped toy prior, scored against the true shapes.
     python benchmarks/toyworld.py --batch --jobs 2 --methods VSD SDS USD
     python benchmarks/toyworld.py --jobs 2 --prompts "a red cube" "a blue sphere" --steps 400
     python benchmarks/toyworld.py --batch              # the same runs through lift3d.batch on a local Ray cluster
+    python benchmarks/toyworld.py --image --jobs 2     # image-to-3D: 5 objects × {Magic123, USD-image}
+
+Image-to-3D (--image): each caption's object is rendered from the image demo's reference camera
+(configs/demo/image-to-3d.yaml's data.default_*, load/images/make_toy_images.py) into
+<out>/references/<caption>_rgba.png, and every image method fits that picture: USD-image is the image
+demo (usd-image-guidance), Magic123 configs/demo/image-to-3d-magic123.yaml (the same demo with
+magic123-system; its SD prior gets the caption as prompt). Scored as the text-to-3D runs.
 
 Each run is `launch.py --config configs/demo/text-to-3d.yaml --train` (fit, then the test pass,
 which writes the RGBA turntable with cameras) with `system.guidance.usd_lambda` set; VSD runs
@@ -41,6 +48,8 @@ class Method:
     overrides: tuple[str, ...] = ()
     config: Optional[str] = None
     steps: Optional[int] = None
+    image: bool = False  # image-to-3D: fits the caption's reference render (data.image_path)
+    prompt_key: Optional[str] = "system.prompt_processor.prompt"  # None: the method takes no text
 
     def config_for(self, args) -> str:
         return self.config or args.config
@@ -60,7 +69,36 @@ METHODS = {
     "HiFA": Method(("system.guidance.usd_lambda=1.0", "system.guidance.sqrt_anneal=true",
                     "system.guidance.trainer_max_steps=${trainer.max_steps}")),
     "init": Method(("system.guidance.usd_lambda=0.0",), steps=1),
+    # image-to-3D (--image)
+    "Magic123": Method(config="configs/demo/image-to-3d-magic123.yaml", image=True),
+    "USD-image": Method(config="configs/demo/image-to-3d.yaml", image=True, prompt_key=None),
 }
+TEXT_METHODS = [m for m in METHODS if not METHODS[m].image]
+IMAGE_METHODS = [m for m in METHODS if METHODS[m].image]
+IMAGE_CONFIG = "configs/demo/image-to-3d.yaml"  # whose data.default_* camera the reference images are taken from
+
+
+def reference_image(prompt: str, args) -> Path:
+    """<out>/references/<caption>_rgba.png: the caption's object from the image demo's reference camera."""
+    from omegaconf import OmegaConf
+
+    from load.images.make_toy_images import write_toy_image
+    from tools.toyworld.shapes import parse_caption
+
+    path = Path(args.out) / "references" / (prompt.replace(" ", "_") + "_rgba.png")
+    if not path.exists():
+        data = OmegaConf.load(REPO / IMAGE_CONFIG).data
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_toy_image(str(path), *parse_caption(prompt), data.default_elevation_deg,
+                        data.default_azimuth_deg, data.default_camera_distance, data.default_fovy_deg, 128)
+    return path.resolve()
+
+
+def prompt_overrides(prompt: str, method: str, args) -> list[str]:
+    """The overrides naming the run's object: its caption as prompt, and for image methods its picture."""
+    spec = METHODS[method]
+    text = [f"{spec.prompt_key}={prompt}"] if spec.prompt_key else []
+    return [*text, *([f"data.image_path={reference_image(prompt, args)}"] if spec.image else [])]
 
 
 def run_one(prompt: str, method: str, args) -> dict:
@@ -72,7 +110,7 @@ def run_one(prompt: str, method: str, args) -> dict:
     tag = prompt.replace(" ", "_")
     cmd = [
         sys.executable, str(REPO / "launch.py"), "--config", str(REPO / spec.config_for(args)), "--train",
-        f"system.prompt_processor.prompt={prompt}", *spec.run_overrides(args),
+        *prompt_overrides(prompt, method, args), *spec.run_overrides(args),
         f"exp_root_dir={root}", "use_timestamp=false", f"seed={args.seed}", "trainer.enable_progress_bar=false",
         *args.overrides,
     ]
@@ -126,7 +164,9 @@ def run_batch(runs, args) -> list[dict]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prompts", nargs="+", default=DEFAULT_PROMPTS)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=None, choices=list(METHODS),
+                        help=f"default: {' '.join(TEXT_METHODS)}; with --image {' '.join(IMAGE_METHODS)}")
+    parser.add_argument("--image", action="store_true", help="image-to-3D methods on reference renders")
     parser.add_argument("--config", default="configs/demo/text-to-3d.yaml")
     parser.add_argument("--steps", type=int, default=None, help="trainer.max_steps (default: the config's)")
     parser.add_argument("--seed", type=int, default=0)
@@ -136,6 +176,9 @@ def main() -> int:
     parser.add_argument("--batch", action="store_true", help="run through lift3d.batch (Ray) instead of threads")
     parser.add_argument("overrides", nargs="*", help="extra key=value config overrides for every run")
     args = parser.parse_args()
+    args.methods = args.methods or (IMAGE_METHODS if args.image else TEXT_METHODS)
+    if args.batch and any(METHODS[m].image for m in args.methods):
+        parser.error("image-to-3D methods run without --batch")
     args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     runs = [(p, m) for p in args.prompts for m in args.methods]  # prompt by prompt: a cut-short run compares whole prompts
     start = time.perf_counter()

@@ -232,3 +232,57 @@ def test_toyworld_vsd_method_is_the_sds_demo_with_a_lora_that_learns(tmp_path, o
         optimizer.step()
     after = float(lora_loss().detach())
     assert after < 0.9 * before, (before, after)
+
+
+# ---------------------------------------------------------------- benchmarks/toyworld.py --image's Magic123 method (issue 15)
+def test_toyworld_magic123_method_is_the_usd_image_demo_with_magic123s_method_keys(tmp_path):
+    """The Magic123 run of benchmarks/toyworld.py --image (configs/demo/image-to-3d-magic123.yaml with the
+    benchmark's own overrides) validates and differs from the USD image demo's run only in the method: the
+    system type, the guidances / prompt, the loss weights and the renderer's comp_normal switch."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    from omegaconf import OmegaConf
+    from PIL import Image
+
+    from benchmarks import toyworld as bench
+    from lift3d.config import load_config
+
+    args = SimpleNamespace(config="configs/demo/text-to-3d.yaml", steps=2, out=str(tmp_path))
+    assert set(bench.IMAGE_METHODS) == {"Magic123", "USD-image"}
+
+    def loaded(method):
+        m = bench.METHODS[method]
+        overrides = [*bench.prompt_overrides("a red cube", method, args), *m.run_overrides(args)]
+        if m.prompt_key:
+            overrides.append(f"system.prompt_processor.cache_dir={tmp_path}")
+        return OmegaConf.to_container(load_config(str(REPO / m.config_for(args)), cli_args=overrides, validate=True),
+                                      resolve=True)
+
+    magic, usd = loaded("Magic123"), loaded("USD-image")
+    reference = tmp_path / "references/a_red_cube_rgba.png"  # the caption's object, rendered for both
+    assert magic["data"]["image_path"] == usd["data"]["image_path"] == str(reference.resolve())
+    rgba = torch.from_numpy(np.array(Image.open(reference)))[None].float() / 255  # [1,128,128,4]
+    camera = {"elevation": torch.tensor([15.0]), "azimuth": torch.tensor([0.0]), "distance": torch.tensor([2.0]),
+              "fovy_deg": torch.tensor([40.0])}  # the demo's data.default_* camera
+    assert score_views(rgba, camera, "cube", "red").iou > 0.97
+    assert magic["system_type"] == "magic123-system" and usd["system_type"] == "usd-system"
+    assert magic["trainer"]["max_steps"] == 2
+    for key in ("data", "trainer", "checkpoint", "seed"):
+        assert magic[key] == usd[key], key
+    method_keys = {"guidance_type", "guidance", "guidance_3d_type", "guidance_3d", "prompt_processor_type",
+                   "prompt_processor", "loss", "renderer"}
+    ms, us = magic["system"], usd["system"]
+    assert {k: v for k, v in ms.items() if k not in method_keys} == {k: v for k, v in us.items() if k not in method_keys}
+    assert {k: v for k, v in ms["renderer"].items() if k != "return_comp_normal"} == us["renderer"]
+    assert ms["renderer"]["return_comp_normal"]  # Magic123's 2D normal smoothness
+    # Magic123's priors are the toy ones the USD demo uses; its weights are magic123-coarse-sd.yaml's
+    assert ms["guidance_3d_type"] == "zero123-guidance" and ms["guidance_type"] == "stable-diffusion-guidance"
+    assert ms["guidance_3d"]["pretrained_model_name_or_path"] == us["guidance"]["pretrained_model_name_or_path"]
+    assert ms["guidance"]["pretrained_model_name_or_path"] == us["guidance"]["sd_model_name_or_path"]
+    assert ms["prompt_processor"]["prompt"] == "a red cube"
+    coarse = OmegaConf.load(REPO / "configs/magic123-coarse-sd.yaml").system
+    assert ms["loss"] == {k: v for k, v in OmegaConf.to_container(coarse.loss).items() if k != "lambda_sds_img"}
+    for section in ("guidance", "guidance_3d"):
+        for key in ("guidance_scale", "min_step_percent", "max_step_percent"):
+            assert ms[section][key] == coarse[section][key], (section, key)

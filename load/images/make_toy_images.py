@@ -26,13 +26,19 @@ from tools.toyworld.render import render_shape_rgba  # noqa: E402
 IMAGES = [("toy_yellow_cone_rgba.png", "cone", "yellow", 15.0, 0.0, 2.0, 40.0, 128)]
 
 
+def write_toy_image(out: str, shape: str, colour: str, elevation: float, azimuth: float, distance: float,
+                    fovy: float, size: int) -> None:
+    """One toy-world object as an RGBA PNG (also benchmarks/toyworld.py --image's reference images)."""
+    one = lambda x: torch.tensor([float(x)])  # noqa: E731
+    rgba = render_shape_rgba(shape, colour, one(elevation), one(azimuth), one(distance), one(fovy), size,
+                             supersample=4)[0]
+    Image.fromarray((rgba * 255).round().byte().numpy(), mode="RGBA").save(out, optimize=True)
+
+
 def main() -> None:
-    for name, shape, colour, elevation, azimuth, distance, fovy, size in IMAGES:
-        one = lambda x: torch.tensor([float(x)])  # noqa: E731
-        rgba = render_shape_rgba(shape, colour, one(elevation), one(azimuth), one(distance), one(fovy), size,
-                                 supersample=4)[0]
+    for name, *view in IMAGES:
         out = os.path.join(HERE, name)
-        Image.fromarray((rgba * 255).round().byte().numpy(), mode="RGBA").save(out, optimize=True)
+        write_toy_image(out, *view)
         print(f"wrote {out}")
 
 
