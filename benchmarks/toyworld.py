@@ -187,7 +187,8 @@ def main() -> int:
     else:
         with ThreadPoolExecutor(args.jobs) as pool:
             results = list(pool.map(lambda pm: run_one(*pm, args), runs))
-    print(f"\nconfig {args.config}, steps {args.steps or 'config'}, seed {args.seed}, "
+    configs = sorted({METHODS[m].config_for(args) for m in args.methods})
+    print(f"\nconfig {', '.join(configs)}, steps {args.steps or 'config'}, seed {args.seed}, "
           f"{args.jobs} job(s) × {args.threads} thread(s){' on lift3d.batch (Ray)' if args.batch else ''}, "
           f"{time.perf_counter() - start:.0f} s in all\n")
     print("| prompt | method | silhouette IoU | colour error | colour seen | pass | seconds |")
