@@ -3,8 +3,8 @@
 
     python launch.py --config X.yaml (--train|--validate|--test|--export) [--gpu 0] [--verbose] key=value ...
 
---train fits, then runs the test pass (turntable video). --validate/--test/--export need
-`resume=<trial>/ckpts/last.ckpt`. Extra arguments are OmegaConf dot-list overrides. The whole
+--train fits, then runs the test pass (turntable video); --train --export exports the mesh after that,
+in the same process. --validate/--test/--export need `resume=<trial>/ckpts/last.ckpt`. Extra arguments are OmegaConf dot-list overrides. The whole
 experiment config is validated before anything is built.
 
 Exit codes: 0 done; 2 a user error (one line naming the problem and the fix, before any folder is
@@ -33,13 +33,18 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--gpu", default=None,
                         help="GPU index, or indices 0,1 for one run on several GPUs (sets CUDA_VISIBLE_DEVICES unless "
                              "already set; trainer.devices defaults to their number; docs/distributed.md)")
-    group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--train", action="store_true")
-    group.add_argument("--validate", action="store_true")
-    group.add_argument("--test", action="store_true")
-    group.add_argument("--export", action="store_true")
+    parser.add_argument("--train", action="store_true", help="fit, then the test pass (with --export: then export)")
+    parser.add_argument("--validate", action="store_true")
+    parser.add_argument("--test", action="store_true")
+    parser.add_argument("--export", action="store_true")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     args, extras = parser.parse_known_args(argv)
+    modes = [m for m in ("train", "validate", "test", "export") if getattr(args, m)]
+    if not modes:
+        parser.error("one of the arguments --train --validate --test --export is required")
+    if len(modes) > 1 and modes != ["train", "export"]:
+        parser.error(f"--{' --'.join(modes)}: give one of --train --validate --test --export "
+                     "(or --train --export: fit, test pass, then export in one run)")
     unknown_flags = [e for e in extras if e.startswith("--")]
     if unknown_flags:
         parser.error(f"unknown option(s) {unknown_flags}; config overrides are written key=value without dashes")
@@ -275,6 +280,8 @@ def _run(args: argparse.Namespace, extras: list[str], stopper) -> int:
             trainer = distributed.single_device_trainer(trainer_args, callbacks, loggers, [AtomicCheckpointIO()],
                                                         str(trial))
         trainer.test(system, datamodule=datamodule)
+        if args.export:  # the fitted system as it is, without a checkpoint round trip
+            trainer.predict(system, datamodule=datamodule, return_predictions=False)
     elif args.validate:
         trainer.validate(system, datamodule=datamodule, ckpt_path=ckpt)
     elif args.test:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -161,12 +162,19 @@ def measure(name: str, models: dict, work: Path, extra: list[str] = ()) -> dict:
 
 def estimate_row(config: Path, extra: list[str] = ()) -> dict:
     from lift3d.config import load_config
+    from lift3d.errors import ConfigError
     from lift3d.memory_check import estimate
 
     overrides = ["system.prompt_processor.prompt=a red car", *extra]
-    if "neus" in config.name:  # its mandatory dataset folder is interpolated into other keys
-        overrides.append("data.dataroot=<dataset>")
-    cfg = load_config(str(config), cli_args=overrides, allow_missing=True)
+    for _ in range(8):  # a user-given ??? value (dataset folder, image) that other keys interpolate: a placeholder
+        try:
+            cfg = load_config(str(config), cli_args=overrides, allow_missing=True)
+            break
+        except ConfigError as exc:
+            missing = re.search(r"Missing mandatory value: ([\w.]+)", str(exc))
+            if missing is None:
+                raise
+            overrides.append(f"{missing.group(1)}=<{missing.group(1)}>")
     est = estimate(cfg, device="cpu")
     return {"config": str(config.relative_to(REPO)), **est.as_mb()}
 

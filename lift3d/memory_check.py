@@ -6,8 +6,8 @@ loaded or trial folder written, and refuse to start — exit 2, one message — 
 
 - training step, volume renderers: rays × samples per ray × kept fraction × bytes held per kept
   sample + the larger of the march chunk (bytes per pruned candidate) and one recomputed run of
-  `checkpoint_samples` (with checkpoint_samples=0: march chunk + kept samples × bytes per sample with
-  all activations); the patch renderer's rays are the low-resolution frame plus one patch;
+  `checkpoint_samples` (with checkpoint_samples=0, or at most that many kept samples, which are not
+  checkpointed: march chunk + kept samples × bytes per sample with all activations); the patch renderer's rays are the low-resolution frame plus one patch;
 - evaluation view, volume renderers: min(rays × samples per ray, `eval_max_samples`) × bytes per
   shaded sample (hash grid + MLPs + finite-difference normals, no autograd) + per-ray buffers — the
   renderer shades in sample chunks (lift3d/renderers/nerf_volume_renderer.py), so this no longer
@@ -217,6 +217,12 @@ def estimate(cfg: Any, device: str = "cpu", fitting: bool = True) -> MemoryEstim
         train, evalv = _volume(base, train_rays, eval_px, levels)
         keys = ["system.renderer.base_renderer.eval_max_samples", "system.renderer.base_renderer.num_samples_per_ray",
                 "system.renderer.patch_size", "data.random_camera.eval_width/eval_height"]
+    elif renderer_type == "gan-volume-renderer":  # Control4D: the volume render at 1 / 2^(levels - 1) resolution
+        base = _component_cfg(str(renderer.base_renderer_type), renderer.base_renderer)
+        down = 2 ** (len(renderer.channel_mult) - 1)  # (the super-resolution generator's activations: not modelled)
+        train, evalv = _volume(base, batch * (-(-h // down)) * (-(-w // down)), -(-eval_px // down**2), levels)
+        keys = ["system.renderer.base_renderer.eval_max_samples", "system.renderer.base_renderer.num_samples_per_ray",
+                "data.width/height", "data.eval_width/eval_height"]
     elif renderer_type in ("nerf-volume-renderer", "neus-volume-renderer"):
         train, evalv = _volume(renderer, batch * h * w + (ref[0] * ref[1] * ref[2] if ref else 0), eval_px, levels)
         keys = ["system.renderer.eval_max_samples", "system.renderer.num_samples_per_ray", "data.width/height",
@@ -244,8 +250,8 @@ def _volume(renderer: Any, train_rays: int, eval_rays: int, levels: int) -> tupl
     march = min(train_rays * samples, budget) * MARCH_CANDIDATE
     kept = int(train_rays * samples * KEPT_FRACTION)
     run = int(_get(renderer, "checkpoint_samples", 0) or 0)
-    if run > 0:  # held compositing inputs + the larger of marching and one recomputed run
-        train = kept * TRAIN_SAMPLE_HELD + max(march, min(kept, run) * TRAIN_SAMPLE_RECOMPUTED)
+    if 0 < run < kept:  # checkpointed: held compositing inputs + the larger of marching and one recomputed run
+        train = kept * TRAIN_SAMPLE_HELD + max(march, run * TRAIN_SAMPLE_RECOMPUTED)
     else:
         train = march + kept * TRAIN_SAMPLE
     shade = min(eval_rays * samples, budget) * (EVAL_SAMPLE_BASE + EVAL_SAMPLE_PER_LEVEL * levels)

@@ -54,6 +54,17 @@ def test_missing_config_file(capsys, tmp_path):
     assert code == 2 and "missing.yaml" in err and "--config" in err
 
 
+@pytest.mark.parametrize("modes", [[], ["--test", "--export"], ["--train", "--test"]])
+def test_one_mode_or_train_then_export(capsys, tmp_path, modes):
+    """One of --train --validate --test --export, or --train --export (fit, test pass, export); other
+    combinations stop with argparse's exit 2 naming the allowed ones, before any work."""
+    with pytest.raises(SystemExit) as stop:
+        launch.main(["--config", CONFIG, *modes, f"exp_root_dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "--train --validate --test --export" in err
+    assert not any(tmp_path.iterdir())
+
+
 def test_eval_modes_need_a_checkpoint(capsys, tmp_path):
     code = launch.main(["--config", CONFIG, "--export", f"exp_root_dir={tmp_path}"])
     err = capsys.readouterr().err

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import random
+from typing import Optional
 
 import pytest
 import torch
@@ -348,8 +349,9 @@ def test_texture_baking_and_vertex_colours_in_chunks_match_the_whole():
     assert torch.allclose(colours, exp.vertex_colors(v), atol=1e-6)
 
 
-def _train_render(checkpoint_samples: int, patch: bool):
-    """One training render (stratified sampling, normals for the diffuse material) and its gradients."""
+def _train_render(checkpoint_samples: int, patch: bool, calls: Optional[list] = None):
+    """One training render (stratified sampling, normals for the diffuse material) and its gradients;
+    `calls` collects, per geometry call, whether it came during the backward pass (a recomputation)."""
     base = {"num_samples_per_ray": 64, "grid_prune": False, "checkpoint_samples": checkpoint_samples}
     r = volume_renderer(base)
     if patch:  # usd-patch's renderer: a low-resolution frame plus one full-resolution patch
@@ -357,23 +359,36 @@ def _train_render(checkpoint_samples: int, patch: bool):
                                    geometry=r.geometry, material=r.material, background=r.background)
     for module in (r, r.geometry, r.material, r.background):
         module.train()
+    if calls is not None:
+        phase = ["forward"]
+        plain = r.geometry.forward
+        r.geometry.forward = lambda *a, **k: calls.append(phase[0]) or plain(*a, **k)
     torch.manual_seed(1)  # the stratified offsets and the patch position
     random.seed(1)  # the diffuse material's shading choice
     out = r(**frame())
     loss = (out["comp_rgb"] * torch.linspace(0, 1, 3)).sum() + out["opacity"].square().sum() + out["weights"].sum()
+    if calls is not None:
+        phase[0] = "backward"
     loss.backward()
     grads = {n: p.grad.clone() for n, p in r.geometry.named_parameters() if p.grad is not None}
     return out, grads
 
 
-@pytest.mark.parametrize("patch, budget", [(False, 1 << 18), (True, 1 << 18), (False, 100)])
+@pytest.mark.parametrize("patch, budget", [(False, 1 << 18), (True, 1 << 18), (False, 100), (True, 150)])
 def test_checkpointed_training_samples_give_the_same_images_and_gradients(patch, budget):
-    """Training recomputes the kept samples' geometry in the backward pass, in runs of checkpoint_samples
-    (#24): images, per-sample outputs and every parameter's gradient equal those of the held activations
-    (checkpoint_samples=0; bit for bit in one run, to rounding when cut into runs of 100 samples)."""
+    """Training with more kept samples than checkpoint_samples recomputes their geometry in the backward
+    pass, in runs of checkpoint_samples (#24); up to that many, the activations are held (no recomputation,
+    bit for bit the held path). Images, per-sample outputs and every parameter's gradient equal those of
+    the held activations (checkpoint_samples=0), to rounding when cut into runs of 100 / 150 samples."""
     held, held_grads = _train_render(0, patch)
-    recomputed, grads = _train_render(budget, patch)
+    calls: list = []
+    recomputed, grads = _train_render(budget, patch, calls)
     assert held.keys() == recomputed.keys() and held["weights"].shape[0] > 200
+    recomputations = calls.count("backward")
+    if budget >= held["weights"].shape[0]:
+        assert recomputations == 0, calls
+    else:  # every run of the forward pass is recomputed once in the backward pass
+        assert recomputations == calls.count("forward") >= 2, calls
     for key in held:
         if budget >= held["weights"].shape[0]:
             assert torch.equal(held[key], recomputed[key]), key
@@ -382,7 +397,8 @@ def test_checkpointed_training_samples_give_the_same_images_and_gradients(patch,
     assert held_grads.keys() == grads.keys() and any("encoding" in n for n in grads)
     for name in held_grads:
         assert held_grads[name].abs().sum() > 0, name
-        assert torch.allclose(held_grads[name], grads[name], rtol=1e-5, atol=1e-7), name
+        # runs sum a parameter's gradient in another order: float32 rounding, ~1e-6 of |grad| <= 2.3 here
+        assert torch.allclose(held_grads[name], grads[name], rtol=1e-5, atol=2e-6), name
 
 
 @pytest.mark.parametrize("in_file, cli, enabled", [(None, None, True), (False, None, False), (False, "true", True),

@@ -52,10 +52,11 @@ class NeRFVolumeRenderer(BaseRenderer):
         # machine or GPU next to the models; lower it on smaller ones (lift3d/memory_check.py)
         eval_max_samples: int = 1 << 18
         eval_march_factor: int = 8  # a marching group holds at most this many × eval_max_samples candidates
-        # training: the kept samples' geometry in runs of this many samples, each recomputed in the backward
-        # pass instead of holding its activations (hash-grid features, MLP hidden layers: ~1 KB per sample
-        # with a 16-level grid) — the same images and gradients, one more field query per kept sample;
-        # 0: hold the activations (one geometry call for all samples, as before #24)
+        # training: more kept samples than this are shaded in runs of this many, each recomputed in the
+        # backward pass instead of holding its activations (hash-grid features, MLP hidden layers: ~1 KB per
+        # sample with a 16-level grid) — the same images and gradients, one more field query per kept
+        # sample; up to this many, the activations are held (the peak is the same, the step faster);
+        # 0: always hold them (one geometry call for all samples, as before #24)
         checkpoint_samples: int = 1 << 18
         grid_prune: bool = True
         grid_resolution: int = 32
@@ -293,7 +294,10 @@ class NeRFVolumeRenderer(BaseRenderer):
         positions = o[ray_idx] + t_dirs * ((t_starts + t_ends) * 0.5)[:, None]  # [S,3]
         want_normal = (self.material.requires_normal or self.cfg.return_comp_normal or not self.training
                        or self.cfg.return_normal_perturb)
-        if self.training and self.cfg.checkpoint_samples > 0 and torch.is_grad_enabled():
+        # checkpointing pays one more field query per sample; below one run the held activations are
+        # no larger than one recomputed run would be, so only larger sample sets are checkpointed
+        if (self.training and 0 < self.cfg.checkpoint_samples < positions.shape[0]
+                and torch.is_grad_enabled()):
             geo = self._checkpointed_geometry(positions, want_normal)
         else:
             geo = self.geometry(positions, output_normal=want_normal)

@@ -219,13 +219,15 @@ class Lift3DSystem(BaseLift3DSystem):
     def weighted_loss(self, terms: dict[str, Any], lambdas: dict[str, float]) -> Optional[torch.Tensor]:
         """sum of lambda_<name> * loss_<name> over the terms (each logged), checked for non-finite values."""
         loss = torch.zeros((), device=self.device)
+        log_terms = self.logs_this_step()
         for name, value in terms.items():
             if name.startswith("loss_"):
                 weight = lambdas.get(name[len("loss_"):], 0.0)
-                self.log(f"train/{name}", value.detach(), batch_size=1)
+                if log_terms:
+                    self.log(f"train/{name}", value.detach(), batch_size=1)
                 if weight > 0.0:
                     loss = loss + weight * value
-            elif torch.is_tensor(value) and value.numel() == 1:
+            elif log_terms and torch.is_tensor(value) and value.numel() == 1:
                 self.log(f"train/{name}", value.detach().float(), batch_size=1)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=1)
         return self.guarded_loss(loss, terms, lambdas)  # RunFault naming the first non-finite term
