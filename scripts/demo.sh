@@ -6,8 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 bash scripts/install.sh
-$PY launch.py --config configs/demo/text-to-3d.yaml --train "$@"
+$PY launch.py --config configs/demo/text-to-3d.yaml --train --export "$@"  # fit, test pass, export: one process
 trial=$(ls -td outputs/demo-text-to-3d/*/ | head -n 1)
-$PY launch.py --config "${trial}configs/parsed.yaml" --export resume="${trial}ckpts/last.ckpt"
 echo "Turntable video: $(ls "${trial}"save/*.mp4)"
 echo "Mesh:            $(ls "${trial}"save/*-export/*)"

@@ -29,15 +29,15 @@ def _check_outputs(trial, n_test_views):
 
 
 def test_text_to_3d_demo_trains_tests_and_exports(tmp_path):
-    run_launch(["--config", "configs/demo/text-to-3d.yaml", "--train", f"exp_root_dir={tmp_path}",
-                "system.prompt_processor.prompt=a green cone", "data.n_test_views=3", *SHORT])
+    """As scripts/demo.sh runs it: `--train --export`, fit, test pass and export in one process."""
+    run_launch(["--config", "configs/demo/text-to-3d.yaml", "--train", "--export", f"exp_root_dir={tmp_path}",
+                "system.prompt_processor.prompt=a green cone", "data.n_test_views=3", *SHORT,
+                "system.geometry.isosurface_threshold=0.5"])  # 6 steps leave a faint field; the demo's own threshold after 400
     trial = only_trial(tmp_path, "demo-text-to-3d")
     assert trial.name == "a_green_cone"
     _check_outputs(trial, 3)
     parsed = (trial / "configs/parsed.yaml").read_text()
     assert "load/priors/toy-sd" in parsed and "usd-text-guidance" in parsed
-    run_launch(["--config", str(trial / "configs/parsed.yaml"), "--export", f"resume={trial / 'ckpts/last.ckpt'}",
-                "system.geometry.isosurface_threshold=0.5"])  # 6 steps leave a faint field; the demo's own threshold after 800
     obj = next((trial / "save").glob("it6-export/*.obj"))
     assert sum(line.startswith("f ") for line in obj.read_text().splitlines()) > 100
 
