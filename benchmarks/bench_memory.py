@@ -188,6 +188,8 @@ def main(argv=None) -> int:
     parser.add_argument("--budget", type=int, default=0, help="--eval-view: eval_max_samples (0: the default)")
     parser.add_argument("--estimates-only", action="store_true")
     parser.add_argument("--measure", nargs="*", default=None, help="configs to measure (default: the five)")
+    parser.add_argument("--extra", nargs="*", default=[],
+                        help="key=value overrides for every measured run (calibration at other sizes)")
     parser.add_argument("--eval-sizes", nargs="*", type=int, default=None,
                         help="usd-patch only: eval sizes (data.random_camera.eval_width/height) to measure")
     args = parser.parse_args(argv)
@@ -239,8 +241,8 @@ def main(argv=None) -> int:
         for name in names:
             sizes = args.eval_sizes if (args.eval_sizes and name == "usd-patch") else [None]
             for size in sizes:
-                extra = [] if size is None else [f"data.random_camera.eval_width={size}",
-                                                  f"data.random_camera.eval_height={size}"]
+                extra = list(args.extra) + ([] if size is None else [f"data.random_camera.eval_width={size}",
+                                                                      f"data.random_camera.eval_height={size}"])
                 run_dir = work / f"{name}-{size}"
                 result = measure(name, models, run_dir, extra)
                 est = float(result["estimate_line"].split("peak ")[1].split(" MB")[0]) if "peak " in result["estimate_line"] else float("nan")

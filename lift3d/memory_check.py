@@ -51,9 +51,15 @@ TRAIN_SAMPLE_HELD = 220
 TRAIN_SAMPLE_RECOMPUTED = 2000
 KEPT_FRACTION = 0.10  # kept / candidate samples of an early (blob-initialised) field (usd-patch at 512², step 1)
 PER_RAY_EVAL = 160  # per-ray buffers of an evaluation view (outputs, marching bounds, images)
-RASTER_PIXEL_TRAIN = 3000  # bytes per pixel of a mesh-rasterizer training view (with autograd)
-RASTER_PIXEL_EVAL = 1200  # bytes per pixel of a mesh-rasterizer evaluation view
-DMTET_PER_CUBE = 900  # bytes per lattice cube of a DMTet grid: 6 tets (int64) + marching tets transients
+# mesh stages, fitted to the measured peaks of usd-text-to-3D-texture, magic3d-refine-sd and
+# xdreamer-geometry with tiny models (benchmarks/RESULTS.md, #24: 1.4–1.7 GB whatever the batch, 1 or 4
+# views of 512², so the per-pixel part is small next to the run-to-run spread of ~150 MB) and to
+# marching tets alone (res 64 / 128: 221 B per cube held — 6 tets × 4 int64 + vertices — and
+# 276–326 B at the peak of marching + backward). The diffusion models' own activations are not in it.
+RASTER_PIXEL_TRAIN = 100  # bytes per pixel of a mesh-rasterizer training view (with autograd)
+RASTER_PIXEL_EVAL = 50  # bytes per pixel of a mesh-rasterizer evaluation view
+DMTET_PER_CUBE = 250  # bytes per lattice cube of a DMTet grid: its tets + the marching-tets transients
+DMTET_PER_VERTEX = 16  # parameters per grid vertex: SDF + deformation (float32), before optimizer state
 ADAM_STATE = 4  # parameter + gradient + two moments
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
@@ -200,7 +206,8 @@ def estimate(cfg: Any, device: str = "cpu", fitting: bool = True) -> MemoryEstim
     geo_type = str(_get(system, "geometry_type", ""))
     geo = _component_cfg(geo_type, _get(system, "geometry")) if geo_type else {}
     levels, table = _hash_levels(geo)
-    params = table + (DMTET_PER_CUBE * int(_get(geo, "isosurface_resolution", 0)) ** 3 // 4 if "tetrahedra" in geo_type else 0)
+    params = table + (DMTET_PER_VERTEX * (int(_get(geo, "isosurface_resolution", 0)) + 1) ** 3
+                      if "tetrahedra" in geo_type else 0)
     params = params * (ADAM_STATE if fitting else 1)
     renderer_type = str(_get(system, "renderer_type", ""))
     renderer = _component_cfg(renderer_type, _get(system, "renderer")) if renderer_type else {}
