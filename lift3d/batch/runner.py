@@ -155,7 +155,15 @@ class BatchRunner:
             return max(1, int(min(per_cpu + per_gpu))) if per_cpu + per_gpu else 1
 
         self.slots = slots_estimate()
-        old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
+        # Ctrl-C / SIGTERM: KeyboardInterrupt at once, and a flag checked after every wait, for a signal
+        # whose KeyboardInterrupt was taken inside Ray's wait (seen under load: the batch ran on)
+        signals: list[int] = []
+
+        def on_signal(signum, frame):
+            signals.append(signum)
+            raise KeyboardInterrupt
+
+        old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)} if _main_thread() else {}
         try:
             while True:
                 for job in jobs:  # submit every job whose parent is done
@@ -169,6 +177,8 @@ class BatchRunner:
                 if not inflight:
                     break
                 ready, _ = ray.wait(list(inflight), num_returns=1, timeout=self.poll_s)
+                if signals:
+                    raise KeyboardInterrupt
                 for job_id in list(inflight.values()):  # announce starts (the task writes status.json)
                     if job_id in announced or self.state[job_id] != "queued":
                         continue
@@ -189,8 +199,8 @@ class BatchRunner:
             self._interrupt(inflight)
             return 130
         finally:
-            if old_term is not None:
-                signal.signal(signal.SIGTERM, old_term)
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
         return self._summary()
 
     def _collect(self, job: Job, ref, submit) -> None:
@@ -269,10 +279,6 @@ def _main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 def run_batch(manifest: Manifest, address: Optional[str] = None, local_cpus: Optional[float] = None,

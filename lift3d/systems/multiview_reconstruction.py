@@ -76,18 +76,9 @@ class MultiviewReconstructionSystem(Lift3DSystem):
         out = self(batch)
         terms = self.image_losses(batch, out)
         terms.update(compute_regularizers(out, lambdas))
-        loss = torch.zeros((), device=self.device)
-        log_terms = self.logs_this_step()
-        for name, value in terms.items():
-            weight = lambdas.get(name[len("loss_"):], 0.0)
-            if log_terms:
-                self.log(f"train/{name}", value.detach(), batch_size=1)
-            if weight > 0.0:
-                loss = loss + weight * value
-        if log_terms and "inv_s" in out:
+        if "inv_s" in out and self.logs_this_step():
             self.log("train/inv_s", out["inv_s"].detach(), batch_size=1)
-        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=1)
-        return self.guarded_loss(loss, terms, lambdas)  # RunFault naming the first non-finite term
+        return self.weighted_loss(terms, lambdas)  # logged, summed, checked for non-finite values
 
     # ------------------------------------------------------------------ evaluation
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
