@@ -152,6 +152,19 @@ def test_mesh_renders_carry_their_pose_label_and_conditions():
     assert torch.all((counts >= 1) & (counts <= 5)), counts  # one dot of radius 1 px each, no limb line
 
 
+def test_mesh_normal_condition_is_coloured_as_the_normal_controlnets_take_it():
+    """The same colours as lift3d's normal_control (red = left, green = up, blue = front; flat where empty): a
+    cube turned 45° shows a face turned left on the image's left half (red > 0.5) and one turned right."""
+    from custom.styleavatar3d.mesh_conditions import load_source_mesh, render_conditions
+
+    views = render_conditions(load_source_mesh("toy:cube"), torch.tensor([45.0]), torch.tensor([0.0]), size=16)
+    normal, inside = views["normal"][0], views["mask"][0, 0] > 0.99  # [3,16,16], [16,16]
+    left, right = normal[:, :, :8][:, inside[:, :8]], normal[:, :, 8:][:, inside[:, 8:]]  # [3,n]
+    assert torch.allclose(left.mean(1), torch.tensor([0.854, 0.5, 0.854]), atol=0.02)  # (1 + sin 45°) / 2
+    assert torch.allclose(right.mean(1), torch.tensor([0.146, 0.5, 0.854]), atol=0.02)
+    assert torch.allclose(normal[:, 0, 0], torch.tensor([0.5, 0.5, 1.0]))  # background: flat, facing the viewer
+
+
 def test_view_prompts_attributes_and_negative_prompts():
     from custom.styleavatar3d.view_prompts import PromptRecipe, image_prompts
 

@@ -10,8 +10,8 @@ so the front of a model is its +x side and yaw 0 / pitch 0 is the frontal view
 
 `render_conditions(mesh, yaw, pitch, ...)` -> per view: a shaded preview `image` [B,3,S,S] on white,
 `mask` [B,1,S,S], `depth` [B,1,S,S] (ray distance, `far` on the background, as lift3d.gan's renders),
-`normal` [B,3,S,S] (camera-space normal, x right / y up / z towards the camera, mapped to [0,1]; background
-0), `edge` [B,1,S,S] (silhouette, depth jumps and creases), `landmarks` [B,3,S,S] when the mesh has marked
+`normal` [B,3,S,S] (camera-space normal coloured as the normal ControlNets take it: red = left, green =
+up, blue = towards the camera, (n + 1) / 2; the flat facing colour (0.5, 0.5, 1) on the background), `edge` [B,1,S,S] (silhouette, depth jumps and creases), `landmarks` [B,3,S,S] when the mesh has marked
 landmarks (custom/styleavatar3d/landmarks.py) and `label` [B,25] (EG3D camera label, OpenCV).
 """
 from __future__ import annotations
@@ -28,6 +28,7 @@ from torch import Tensor
 from lift3d.data.cameras import get_mvp_matrix, get_projection_matrix, look_at_c2w, spherical_to_cartesian
 from lift3d.errors import ConfigError
 from lift3d.gan.camera_label import make_label, normalized_intrinsics, opengl_to_opencv_c2w
+from lift3d.guidance.control_conditions import normal_colours
 
 TOY_PREFIX = "toy:"
 AMBIENT, DIFFUSE = 0.45, 0.55
@@ -154,7 +155,7 @@ def render_conditions(mesh: SourceMesh, yaw: Tensor, pitch: Tensor, distance: fl
     ray = (out["position"] - c2w[:, None, None, :3, 3]).norm(dim=-1, keepdim=True).permute(0, 3, 1, 2)
     depth = ray * covered + far * (1 - covered)
     normal = F.normalize(out["normal"], dim=-1)  # [B,hi,hi,3] world
-    normal_cam = torch.einsum("bhwi,bij->bhwj", normal, c2w[:, :3, :3]).permute(0, 3, 1, 2)  # OpenGL camera axes
+    normal_cam = torch.einsum("bhwi,bij->bhwj", normal, c2w[:, :3, :3])  # [B,hi,hi,3] OpenGL camera axes
     light = F.normalize(c2w[:, :3, 2] + torch.tensor([0.0, 0.0, 0.6]), dim=-1)  # towards the camera, tilted up
     shade = AMBIENT + DIFFUSE * (normal * light[:, None, None]).sum(-1, keepdim=True).clamp_min(0.0)
     image = ((out["colour"] * shade).clamp(0, 1).permute(0, 3, 1, 2)) * covered + (1 - covered)
@@ -164,7 +165,9 @@ def render_conditions(mesh: SourceMesh, yaw: Tensor, pitch: Tensor, distance: fl
         return F.avg_pool2d(x, supersample)
 
     result = {"image": down(image), "mask": down(covered), "depth": down(depth),
-              "normal": down(((normal_cam + 1) / 2) * covered), "edge": (down(edges) > 0).float(),
+              # as the normal ControlNets take it (lift3d.guidance.control_conditions): red = left, flat where empty
+              "normal": down(normal_colours(normal_cam, covered.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)),
+              "edge": (down(edges) > 0).float(),
               "label": make_label(opengl_to_opencv_c2w(c2w), normalized_intrinsics(fovy_deg, yaw.shape[0])),
               "yaw": yaw.float(), "pitch": pitch.float()}
     if mesh.landmarks:

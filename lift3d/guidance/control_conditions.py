@@ -101,16 +101,22 @@ def canny_control(image: Tensor, low: float = 50.0, high: float = 100.0, blur: i
     return canny_edges(image[..., :3].permute(0, 3, 1, 2), low, high, blur).expand(-1, 3, -1, -1).contiguous()
 
 
+def normal_colours(n_cam: Tensor, covered: Tensor) -> Tensor:
+    """Camera-space unit normals n_cam [B,H,W,3] (OpenGL camera: x right, y up, z towards the viewer) and
+    coverage [B,H,W,1] in [0,1] -> the normal ControlNets' colours [B,H,W,3]: red = left, green = up,
+    blue = front, (n + 1) / 2, blended to the flat facing colour (0.5, 0.5, 1) where uncovered."""
+    colour = (n_cam * torch.tensor([-1.0, 1.0, 1.0]).to(n_cam) + 1.0) * 0.5
+    flat = torch.tensor([0.5, 0.5, 1.0]).to(colour)
+    return colour * covered + flat * (1.0 - covered)
+
+
 def normal_control(comp_normal: Tensor, opacity: Tensor, c2w: Tensor) -> Tensor:
     """comp_normal [B,H,W,3] (the renderer's world normals, (n + 1) / 2 × opacity), opacity [B,H,W,1],
     c2w [B,4,4] (OpenGL camera: x right, y up, z towards the viewer) -> [B,3,H,W] (module docstring)."""
     n_world = F.normalize(comp_normal * 2.0 - opacity, dim=-1)  # undo the renderer's (n+1)/2 × opacity
     rotation = c2w[:, :3, :3].to(n_world)  # columns: the camera's axes in world coordinates
     n_cam = torch.einsum("bhwi,bij->bhwj", n_world, rotation)  # R^T n, per pixel
-    colour = (n_cam * torch.tensor([-1.0, 1.0, 1.0]).to(n_cam) + 1.0) * 0.5  # red = left, green = up, blue = front
-    flat = torch.tensor([0.5, 0.5, 1.0]).to(colour)
-    covered = opacity.clamp(0.0, 1.0)
-    return (colour * covered + flat * (1.0 - covered)).permute(0, 3, 1, 2).contiguous()
+    return normal_colours(n_cam, opacity.clamp(0.0, 1.0)).permute(0, 3, 1, 2).contiguous()
 
 
 def depth_control(depth: Tensor, opacity: Tensor) -> Tensor:
