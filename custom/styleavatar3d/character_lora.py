@@ -93,10 +93,10 @@ def train_character_lora(s: CharacterLoraSettings, progress: Optional[Callable] 
     if s.class_images > 0:
         prior_files = write_class_images(sd, emb[1:2], emb[2:3], out / "class_images", s.class_images, s.class_steps,
                                          s.seed, progress=progress)
+    torch.manual_seed(s.seed)  # the LoRA's initial weights and the latents' samples: the same for every call
     params = add_lora(sd.unet, s.rank)
     instances = TrainingSet(encode_image_files(sd, files), emb[:1])
     prior = TrainingSet(encode_image_files(sd, prior_files), emb[1:2])
-    torch.manual_seed(s.seed)
     losses = train_lora(sd, params, instances, prior, s.steps, out / "losses.csv", s.learning_rate,
                         prior_loss_weight=s.prior_loss_weight if s.class_images > 0 else 0.0, seed=s.seed,
                         progress=progress)
