@@ -14,6 +14,10 @@ loaded or trial folder written, and refuse to start — exit 2, one message — 
   grows with the resolution;
 - mesh rasterizer: pixels × bytes per pixel (rasterize, interpolate, antialias, texture field) +
   the DMTet grid (tets and marching tetrahedra intermediates ∝ resolution³);
+- the guidance's VAE encoder (training step): every view of the step resized to the model's resolution
+  and encoded with autograd — views × resolution² × the encoder's held bytes per pixel, from the model's
+  vae/config.json (SD 2.1's VAE: ~13.5 KB per pixel in float32, 3.3 GB for one 512² view; half on a GPU
+  in half precision); the one cost of the real models that tiny test models do not show;
 - weights: the size on disk of every model folder or checkpoint the config names (keys ending in
   `model_name_or_path`, `geometry_convert_from`, `resume`), Hugging Face ids looked up in the hub cache.
 
@@ -61,6 +65,12 @@ RASTER_PIXEL_EVAL = 50  # bytes per pixel of a mesh-rasterizer evaluation view
 DMTET_PER_CUBE = 250  # bytes per lattice cube of a DMTet grid: its tets + the marching-tets transients
 DMTET_PER_VERTEX = 16  # parameters per grid vertex: SDF + deformation (float32), before optimizer state
 ADAM_STATE = 4  # parameter + gradient + two moments
+# the guidance's VAE encoder with autograd (render -> latents in SDS-type guidance): bytes held per channel
+# and pixel of each encoder level, float32 — Stable Diffusion 2.1's VAE (channels 128/256/512/512) at 256²
+# held 12.5–13.5 KB per input pixel for its backward = 232 channel-pixels per input pixel (sum of C_l / 4^l)
+VAE_ENCODER_PER_CHANNEL_PIXEL = 58
+SD_VAE_CHANNELS = (128, 256, 512, 512)  # when the model's config cannot be read here (a hub id not cached yet)
+SD_UNET_SAMPLE_SIZE = 64
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
 ENV_FREE = "LIFT3D_FREE_MEMORY"
@@ -120,18 +130,36 @@ def _component_cfg(type_name: str, section: Any) -> Any:
     return parse_structured(find(type_name).Config, section if section is not None else {})
 
 
-def _frames(data: Any) -> tuple[int, int, int, int]:
-    """(train batch, train height, train width, eval pixels per view, reference views) of the data
-    section; image-to-3D data (data.image_path) also renders its reference view(s) at data.height ×
-    data.width in every training step."""
+def _schedule(section: Any, key: str, default: int) -> list[int]:
+    """A size that may be a per-stage list (threestudio's resolution_milestones) -> its stages."""
+    value = _get(section, key, default)
+    if isinstance(value, (int, float)):
+        return [int(value)]
+    try:
+        return [int(v) for v in value] or [int(default)]
+    except Exception:  # noqa: BLE001 - an unreadable value reads as the default
+        return [int(default)]
+
+
+Stage = tuple  # (batch, height, width, reference views (batch, height, width) or None)
+
+
+def _frames(data: Any) -> tuple[list[Stage], int]:
+    """The training resolution stages of the data section, each (batch, height, width, reference), and the
+    evaluation pixels per view. Sizes given as lists (threestudio's progressive resolution, batch sizes
+    falling as the size grows) are read stage by stage, not as the largest of each; image-to-3D data
+    (data.image_path) also renders its reference view(s) at data.height × data.width in every step."""
     cams = _get(data, "random_camera") or data
-    batch = _largest(_get(cams, "batch_size", 1)) or 1
-    h, w = _largest(_get(cams, "height", 64)), _largest(_get(cams, "width", 64))
+    sizes = [_schedule(cams, "batch_size", 1), _schedule(cams, "height", 64), _schedule(cams, "width", 64)]
+    with_ref = bool(_get(data, "image_path")) and _get(data, "random_camera") is not None
+    if with_ref:
+        sizes += [_schedule(data, "batch_size", 1), _schedule(data, "height", sizes[1][-1]),
+                  _schedule(data, "width", sizes[2][-1])]
+    n = max(len(s) for s in sizes)
+    at = [[s[min(i, len(s) - 1)] for s in sizes] for i in range(n)]  # [stage][key]
+    stages = [(max(v[0], 1), v[1], v[2], (max(v[3], 1), v[4], v[5]) if with_ref else None) for v in at]
     eh, ew = _largest(_get(cams, "eval_height", 512)), _largest(_get(cams, "eval_width", 512))
-    ref = None
-    if _get(data, "image_path") and _get(data, "random_camera") is not None:
-        ref = (_largest(_get(data, "batch_size", 1)) or 1, _largest(_get(data, "height", h)), _largest(_get(data, "width", w)))
-    return batch, h, w, eh * ew, ref
+    return stages, eh * ew
 
 
 def _hash_levels(geo: Any) -> tuple[int, int]:
@@ -202,7 +230,7 @@ def weights_bytes(cfg: Any) -> int:
 def estimate(cfg: Any, device: str = "cpu", fitting: bool = True) -> MemoryEstimate:
     """The estimated peak of one training step and one evaluation view of an experiment config."""
     system = cfg.system
-    batch, h, w, eval_px, ref = _frames(_get(cfg, "data", {}))
+    stages, eval_px = _frames(_get(cfg, "data", {}))
     geo_type = str(_get(system, "geometry_type", ""))
     geo = _component_cfg(geo_type, _get(system, "geometry")) if geo_type else {}
     levels, table = _hash_levels(geo)
@@ -212,7 +240,12 @@ def estimate(cfg: Any, device: str = "cpu", fitting: bool = True) -> MemoryEstim
     renderer_type = str(_get(system, "renderer_type", ""))
     renderer = _component_cfg(renderer_type, _get(system, "renderer")) if renderer_type else {}
     keys: list[str] = []
-    train = evalv = 0
+    evalv = 0
+
+    def no_renderer(batch: int, h: int, w: int, ref: Optional[tuple]) -> int:
+        return 0
+
+    step = no_renderer  # the renderer's part of one training step at a stage (batch, h, w, reference)
     if renderer_type == "patch-renderer":
         base = _component_cfg(str(renderer.base_renderer_type), renderer.base_renderer)
         p, s = int(renderer.patch_size), int(renderer.global_downsample)
@@ -220,27 +253,53 @@ def estimate(cfg: Any, device: str = "cpu", fitting: bool = True) -> MemoryEstim
         def patch_rays(b: int, hh: int, ww: int) -> int:
             return b * ((-(-hh // s)) * (-(-ww // s)) + p * p) if (hh > p or ww > p) else b * hh * ww
 
-        train_rays = patch_rays(batch, h, w) + (patch_rays(*ref) if ref else 0)
-        train, evalv = _volume(base, train_rays, eval_px, levels)
+        def patch_step(batch: int, h: int, w: int, ref: Optional[tuple]) -> int:
+            return _volume(base, patch_rays(batch, h, w) + (patch_rays(*ref) if ref else 0), 0, levels)[0]
+
+        step = patch_step
+
+        evalv = _volume(base, 0, eval_px, levels)[1]
         keys = ["system.renderer.base_renderer.eval_max_samples", "system.renderer.base_renderer.num_samples_per_ray",
                 "system.renderer.patch_size", "data.random_camera.eval_width/eval_height"]
     elif renderer_type == "gan-volume-renderer":  # Control4D: the volume render at 1 / 2^(levels - 1) resolution
         base = _component_cfg(str(renderer.base_renderer_type), renderer.base_renderer)
         down = 2 ** (len(renderer.channel_mult) - 1)  # (the super-resolution generator's activations: not modelled)
-        train, evalv = _volume(base, batch * (-(-h // down)) * (-(-w // down)), -(-eval_px // down**2), levels)
+
+        def gan_step(batch: int, h: int, w: int, ref: Optional[tuple]) -> int:
+            return _volume(base, batch * (-(-h // down)) * (-(-w // down)), 0, levels)[0]
+
+        step = gan_step
+
+        evalv = _volume(base, 0, -(-eval_px // down**2), levels)[1]
         keys = ["system.renderer.base_renderer.eval_max_samples", "system.renderer.base_renderer.num_samples_per_ray",
                 "data.width/height", "data.eval_width/eval_height"]
     elif renderer_type in ("nerf-volume-renderer", "neus-volume-renderer"):
-        train, evalv = _volume(renderer, batch * h * w + (ref[0] * ref[1] * ref[2] if ref else 0), eval_px, levels)
+
+        def volume_step(batch: int, h: int, w: int, ref: Optional[tuple]) -> int:
+            return _volume(renderer, batch * h * w + (ref[0] * ref[1] * ref[2] if ref else 0), 0, levels)[0]
+
+        step = volume_step
+
+        evalv = _volume(renderer, 0, eval_px, levels)[1]
         keys = ["system.renderer.eval_max_samples", "system.renderer.num_samples_per_ray", "data.width/height",
                 "data.batch_size"]
     elif renderer_type in ("mesh-rasterizer", "nvdiff-rasterizer"):
         grid = DMTET_PER_CUBE * int(_get(geo, "isosurface_resolution", 0)) ** 3 if "tetrahedra" in geo_type or \
             _get(geo, "isosurface_method", "mc") == "mt" else 0
-        train = batch * h * w * RASTER_PIXEL_TRAIN + grid
+
+        def raster_step(batch: int, h: int, w: int, ref: Optional[tuple]) -> int:
+            return batch * h * w * RASTER_PIXEL_TRAIN + grid
+
+        step = raster_step
+
         evalv = eval_px * RASTER_PIXEL_EVAL + grid
         keys = ["data.width/height", "data.batch_size", "system.geometry.isosurface_resolution",
                 "data.eval_width/eval_height"]
+    # every view of a step also goes through the guidance's VAE encoder with autograd; the worst stage counts
+    per_view = guidance_encoder_bytes(cfg, 1, device)
+    train = max(step(*stage) + per_view * (stage[0] + (stage[3][0] if stage[3] else 0)) for stage in stages)
+    if per_view:
+        keys.append("data.batch_size (each view goes through the guidance's VAE encoder with autograd)")
     weights = weights_bytes(cfg)
     if weights:
         keys.append("the diffusion model (system.guidance.*model_name_or_path)")
@@ -249,6 +308,44 @@ def estimate(cfg: Any, device: str = "cpu", fitting: bool = True) -> MemoryEstim
         train = 0
     return MemoryEstimate(device=device, baseline=baseline, weights=weights, params=params, train_step=train,
                           eval_view=evalv, keys=keys)
+
+
+def _model_config(name_or_path: str, sub: str) -> Optional[dict]:
+    """<model>/<sub>/config.json of a local folder or of a hub id in the Hugging Face cache (None: not here)."""
+    import json
+
+    candidates = [Path(name_or_path) / sub / "config.json"]
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", name_or_path) and not Path(name_or_path).exists():
+        base = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache/huggingface")) / "hub")
+        candidates += sorted((base / ("models--" + name_or_path.replace("/", "--")) / "snapshots").glob(f"*/{sub}/config.json"))
+    for path in candidates:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def guidance_encoder_bytes(cfg: Any, views: int, device: str) -> int:
+    """Activations of the guidance's VAE encoder in a training step: `views` renders per step, each resized
+    to the model's resolution (system.guidance.resolution, else UNet sample_size × the VAE's downsampling)
+    and encoded with autograd. 0 for a guidance without a latent model (pixel-space DeepFloyd IF, no guidance);
+    an SD-sized VAE when the model's config is not readable here. Half the bytes in half precision on a GPU."""
+    guidance_type = str(_get(cfg.system, "guidance_type", "") or "")
+    guidance = _get(cfg.system, "guidance", {}) or {}
+    name = _get(guidance, "pretrained_model_name_or_path")
+    if not guidance_type or "deep-floyd" in guidance_type or not isinstance(name, str) or name in ("", "???"):
+        return 0
+    vae, unet = _model_config(name, "vae"), _model_config(name, "unet")
+    if vae is None and (Path(name).exists() or unet is not None):  # a local model without a VAE: pixel space
+        return 0
+    channels = list((vae or {}).get("block_out_channels", SD_VAE_CHANNELS))
+    default_size = 32 if "zero123" in name.lower() else SD_UNET_SAMPLE_SIZE  # Zero-1-to-3's UNet: 32² latents
+    size = int(_get(guidance, "resolution", None) or
+               int((unet or {}).get("sample_size", default_size)) * 2 ** (len(channels) - 1))
+    per_pixel = sum(c / 4**level for level, c in enumerate(channels)) * VAE_ENCODER_PER_CHANNEL_PIXEL
+    half = device.startswith("cuda") and str(_get(guidance, "half_precision_weights", "auto")).lower() != "false"
+    return int(views * size * size * per_pixel * (0.5 if half else 1.0))
 
 
 def _volume(renderer: Any, train_rays: int, eval_rays: int, levels: int) -> tuple[int, int]:

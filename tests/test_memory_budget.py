@@ -424,3 +424,57 @@ def test_memory_check_switch_from_the_config_file_or_the_command_line(tmp_path, 
     args = ["--config", str(config), "--train", f"exp_root_dir={tmp_path / 'out'}"]
     assert launch.main(args + ([] if cli is None else [f"memory_check={cli}"])) == 2
     assert seen == [enabled] and not (tmp_path / "out").exists()
+
+
+def test_guidance_encoder_activations_follow_the_models_vae_config(tmp_path, monkeypatch):
+    """The VAE encoder's autograd activations in the training step: views × resolution² × Σ C_l / 4^l × 58 B,
+    the resolution from system.guidance.resolution or UNet sample_size × the VAE's downsampling; SD's VAE when
+    a hub id's config is not cached; 0 for pixel-space IF and for a local model without a VAE; half on a GPU."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from lift3d.memory_check import VAE_ENCODER_PER_CHANNEL_PIXEL as K, guidance_encoder_bytes
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))  # nothing cached
+    model = tmp_path / "model"
+    for sub, conf in (("vae", {"block_out_channels": [32, 64]}), ("unet", {"sample_size": 16})):
+        (model / sub).mkdir(parents=True)
+        (model / sub / "config.json").write_text(json.dumps(conf))
+
+    def cfg(name, guidance_type="stable-diffusion-guidance", **guidance):
+        return OmegaConf.create({"system": {"guidance_type": guidance_type,
+                                            "guidance": {"pretrained_model_name_or_path": name, **guidance}}})
+
+    local = guidance_encoder_bytes(cfg(str(model)), 4, "cpu")
+    assert local == int(4 * 32 * 32 * (32 + 64 / 4) * K)  # sample_size 16 × downsampling 2 = 32²
+    assert guidance_encoder_bytes(cfg(str(model), resolution=64), 4, "cpu") == 4 * local
+    assert guidance_encoder_bytes(cfg(str(model)), 4, "cuda") == local // 2
+    assert guidance_encoder_bytes(cfg(str(model), half_precision_weights=False), 4, "cuda") == local
+    sd = guidance_encoder_bytes(cfg("stabilityai/stable-diffusion-2-1-base"), 1, "cpu")
+    assert sd == int(512 * 512 * (128 + 256 / 4 + 512 / 16 + 512 / 64) * K)  # ~3.3 GB a view in float32
+    assert guidance_encoder_bytes(cfg("bennyguo/zero123-xl-diffusers"), 1, "cpu") == sd // 4  # 256²
+    assert guidance_encoder_bytes(cfg("DeepFloyd/IF-I-XL-v1.0", "deep-floyd-guidance"), 4, "cpu") == 0
+    (model / "vae" / "config.json").unlink()
+    assert guidance_encoder_bytes(cfg(str(model)), 4, "cpu") == 0  # a local model without a VAE: pixel space
+
+
+def test_estimate_reads_progressive_sizes_stage_by_stage(tmp_path, monkeypatch):
+    """threestudio's progressive resolution (batch [12, 8, 4] at [64, 128, 256]²): the training step is the worst
+    stage — the renderer's part at 4 × 256², the VAE encoder's part with 12 views — not 12 × 256²."""
+    from lift3d.config import load_config
+    from lift3d.memory_check import _frames, estimate, guidance_encoder_bytes
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))  # SD's VAE for the uncached hub id
+    base = "configs/stable-zero123.yaml"
+    cfg = load_config(base, cli_args=["data.image_path=load/images/blocks_rgba.png"])
+    stages, eval_px = _frames(cfg.data)
+    assert [s[:3] for s in stages] == [(12, 64, 64), (8, 128, 128), (4, 256, 256)] and eval_px == 512 * 512
+    assert [s[3] for s in stages] == [(1, 128, 128), (1, 256, 256), (1, 512, 512)]  # the reference view's schedule
+    per_view = guidance_encoder_bytes(cfg, 1, "cpu")
+    one_stage = lambda b, s, r: estimate(load_config(base, cli_args=[  # noqa: E731
+        "data.image_path=load/images/blocks_rgba.png", f"data.random_camera.batch_size={b}",
+        f"data.random_camera.height={s}", f"data.random_camera.width={s}", f"data.height={r}", f"data.width={r}"]))
+    worst = max(one_stage(b, s, r).train_step for b, s, r in ((12, 64, 128), (8, 128, 256), (4, 256, 512)))
+    assert estimate(cfg).train_step == worst
+    assert one_stage(12, 256, 512).train_step > worst + 8 * per_view  # the largest of each key, combined
