@@ -7,7 +7,8 @@ loaded or trial folder written, and refuse to start — exit 2, one message — 
 - training step, volume renderers: rays × samples per ray × kept fraction × bytes held per kept
   sample + the larger of the march chunk (bytes per pruned candidate) and one recomputed run of
   `checkpoint_samples` (with checkpoint_samples=0, or at most that many kept samples, which are not
-  checkpointed: march chunk + kept samples × bytes per sample with all activations); the patch renderer's rays are the low-resolution frame plus one patch;
+  checkpointed: march chunk + kept samples × bytes per sample with all activations); the patch
+  renderer's rays are the low-resolution frame plus one patch; progressive sizes stage by stage;
 - evaluation view, volume renderers: min(rays × samples per ray, `eval_max_samples`) × bytes per
   shaded sample (hash grid + MLPs + finite-difference normals, no autograd) + per-ray buffers — the
   renderer shades in sample chunks (lift3d/renderers/nerf_volume_renderer.py), so this no longer
@@ -59,7 +60,7 @@ PER_RAY_EVAL = 160  # per-ray buffers of an evaluation view (outputs, marching b
 # xdreamer-geometry with tiny models (benchmarks/RESULTS.md, #24: 1.4–1.7 GB whatever the batch, 1 or 4
 # views of 512², so the per-pixel part is small next to the run-to-run spread of ~150 MB) and to
 # marching tets alone (res 64 / 128: 221 B per cube held — 6 tets × 4 int64 + vertices — and
-# 276–326 B at the peak of marching + backward). The diffusion models' own activations are not in it.
+# 276–326 B at the peak of marching + backward). The guidance's VAE encoder is counted on its own (below).
 RASTER_PIXEL_TRAIN = 100  # bytes per pixel of a mesh-rasterizer training view (with autograd)
 RASTER_PIXEL_EVAL = 50  # bytes per pixel of a mesh-rasterizer evaluation view
 DMTET_PER_CUBE = 250  # bytes per lattice cube of a DMTet grid: its tets + the marching-tets transients
@@ -177,9 +178,14 @@ def _dir_weights(path: Path) -> int:
     return 0
 
 
-def _hub_cache_size(repo_id: str) -> int:
+def _hub_cache_repo(repo_id: str) -> Path:
+    """The Hugging Face cache folder of a hub id (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub)."""
     base = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache/huggingface")) / "hub")
-    folder = base / ("models--" + repo_id.replace("/", "--")) / "blobs"
+    return base / ("models--" + repo_id.replace("/", "--"))
+
+
+def _hub_cache_size(repo_id: str) -> int:
+    folder = _hub_cache_repo(repo_id) / "blobs"
     if not folder.is_dir():
         return 0
     return sum(p.stat().st_size for p in folder.iterdir() if p.is_file() and p.stat().st_size > MB)
@@ -316,8 +322,7 @@ def _model_config(name_or_path: str, sub: str) -> Optional[dict]:
 
     candidates = [Path(name_or_path) / sub / "config.json"]
     if re.fullmatch(r"[\w.-]+/[\w.-]+", name_or_path) and not Path(name_or_path).exists():
-        base = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache/huggingface")) / "hub")
-        candidates += sorted((base / ("models--" + name_or_path.replace("/", "--")) / "snapshots").glob(f"*/{sub}/config.json"))
+        candidates += sorted((_hub_cache_repo(name_or_path) / "snapshots").glob(f"*/{sub}/config.json"))
     for path in candidates:
         try:
             return json.loads(path.read_text())
