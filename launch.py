@@ -4,8 +4,8 @@
     python launch.py --config X.yaml (--train|--validate|--test|--export) [--gpu 0] [--verbose] key=value ...
 
 --train fits, then runs the test pass (turntable video); --train --export exports the mesh after that,
-in the same process. --validate/--test/--export need `resume=<trial>/ckpts/last.ckpt`. Extra arguments are OmegaConf dot-list overrides. The whole
-experiment config is validated before anything is built.
+in the same process. --validate/--test/--export need `resume=<trial>/ckpts/last.ckpt`. Extra arguments
+are OmegaConf dot-list overrides. The whole experiment config is validated before anything is built.
 
 Exit codes: 0 done; 2 a user error (one line naming the problem and the fix, before any folder is
 written); 3 a fault during the run (non-finite loss/gradient/parameter, full disk; ckpts/last.ckpt
