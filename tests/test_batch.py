@@ -246,6 +246,33 @@ def test_resources_the_cluster_cannot_give_fail_before_any_work(cluster, tmp_pat
     assert not JobPaths(m.batch_dir, "big").root.exists()
 
 
+def test_ctrl_c_taken_inside_the_ray_wait_still_stops_the_batch(cluster, tmp_path, monkeypatch):
+    """A SIGINT whose KeyboardInterrupt is swallowed inside `ray.wait` (seen once under load) still stops the
+    batch: the runner's handler also sets a flag that it checks after every wait (exit 130, job interrupted)."""
+    import os
+
+    m = manifest(tmp_path, [{"name": "slow", "overrides": ["fake_seconds=20"]}], retries=0)
+    job = JobPaths(m.batch_dir, "slow")
+    real_wait, swallowed = ray.wait, []
+
+    def wait_that_swallows(refs, **kwargs):
+        if job.last_ckpt.is_file() and not swallowed:  # the job runs: Ctrl-C arrives while waiting on it
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1.0)
+            except KeyboardInterrupt:
+                swallowed.append(True)
+            return [], list(refs)
+        return real_wait(refs, **kwargs)
+
+    monkeypatch.setattr(ray, "wait", wait_that_swallows)
+    out = io.StringIO()
+    code = BatchRunner(m, stream=out, poll_s=0.2).run()
+    assert swallowed and code == 130, out.getvalue()
+    assert job.done() is None and job.status()["state"] == "interrupted"
+    assert len(runs(m, "slow")) == 0  # killed mid-run: its launch.py never got to its end
+
+
 def test_ctrl_c_then_rerun_finishes_the_rest_without_redoing_done_jobs(cluster, tmp_path):
     m = manifest(tmp_path, [{"name": "quick1", "overrides": ["fake_seconds=0.5"]},
                             {"name": "quick2", "overrides": ["fake_seconds=0.5"]},
