@@ -260,11 +260,11 @@ def estimate(cfg: Any, device: str = "cpu", fitting: bool = True) -> MemoryEstim
             return b * ((-(-hh // s)) * (-(-ww // s)) + p * p) if (hh > p or ww > p) else b * hh * ww
 
         def patch_step(batch: int, h: int, w: int, ref: Optional[tuple]) -> int:
-            return _volume(base, patch_rays(batch, h, w) + (patch_rays(*ref) if ref else 0), 0, levels)[0]
+            return _volume_step(base, patch_rays(batch, h, w) + (patch_rays(*ref) if ref else 0))
 
         step = patch_step
 
-        evalv = _volume(base, 0, eval_px, levels)[1]
+        evalv = _volume_view(base, eval_px, levels)
         keys = ["system.renderer.base_renderer.eval_max_samples", "system.renderer.base_renderer.num_samples_per_ray",
                 "system.renderer.patch_size", "data.random_camera.eval_width/eval_height"]
     elif renderer_type == "gan-volume-renderer":  # Control4D: the volume render at 1 / 2^(levels - 1) resolution
@@ -272,21 +272,21 @@ def estimate(cfg: Any, device: str = "cpu", fitting: bool = True) -> MemoryEstim
         down = 2 ** (len(renderer.channel_mult) - 1)  # (the super-resolution generator's activations: not modelled)
 
         def gan_step(batch: int, h: int, w: int, ref: Optional[tuple]) -> int:
-            return _volume(base, batch * (-(-h // down)) * (-(-w // down)), 0, levels)[0]
+            return _volume_step(base, batch * (-(-h // down)) * (-(-w // down)))
 
         step = gan_step
 
-        evalv = _volume(base, 0, -(-eval_px // down**2), levels)[1]
+        evalv = _volume_view(base, -(-eval_px // down**2), levels)
         keys = ["system.renderer.base_renderer.eval_max_samples", "system.renderer.base_renderer.num_samples_per_ray",
                 "data.width/height", "data.eval_width/eval_height"]
     elif renderer_type in ("nerf-volume-renderer", "neus-volume-renderer"):
 
         def volume_step(batch: int, h: int, w: int, ref: Optional[tuple]) -> int:
-            return _volume(renderer, batch * h * w + (ref[0] * ref[1] * ref[2] if ref else 0), 0, levels)[0]
+            return _volume_step(renderer, batch * h * w + (ref[0] * ref[1] * ref[2] if ref else 0))
 
         step = volume_step
 
-        evalv = _volume(renderer, 0, eval_px, levels)[1]
+        evalv = _volume_view(renderer, eval_px, levels)
         keys = ["system.renderer.eval_max_samples", "system.renderer.num_samples_per_ray", "data.width/height",
                 "data.batch_size"]
     elif renderer_type in ("mesh-rasterizer", "nvdiff-rasterizer"):
@@ -353,18 +353,22 @@ def guidance_encoder_bytes(cfg: Any, views: int, device: str) -> int:
     return int(views * size * size * per_pixel * (0.5 if half else 1.0))
 
 
-def _volume(renderer: Any, train_rays: int, eval_rays: int, levels: int) -> tuple[int, int]:
+def _volume_step(renderer: Any, rays: int) -> int:
+    """A volume renderer's training step over `rays` rays: marching + the kept samples (checkpointed or held)."""
     samples = int(renderer.num_samples_per_ray) + 1
-    budget = int(_get(renderer, "eval_max_samples", 1 << 18))
-    march = min(train_rays * samples, budget) * MARCH_CANDIDATE
-    kept = int(train_rays * samples * KEPT_FRACTION)
+    march = min(rays * samples, int(_get(renderer, "eval_max_samples", 1 << 18))) * MARCH_CANDIDATE
+    kept = int(rays * samples * KEPT_FRACTION)
     run = int(_get(renderer, "checkpoint_samples", 0) or 0)
     if 0 < run < kept:  # checkpointed: held compositing inputs + the larger of marching and one recomputed run
-        train = kept * TRAIN_SAMPLE_HELD + max(march, run * TRAIN_SAMPLE_RECOMPUTED)
-    else:
-        train = march + kept * TRAIN_SAMPLE
-    shade = min(eval_rays * samples, budget) * (EVAL_SAMPLE_BASE + EVAL_SAMPLE_PER_LEVEL * levels)
-    return train, shade + eval_rays * PER_RAY_EVAL
+        return kept * TRAIN_SAMPLE_HELD + max(march, run * TRAIN_SAMPLE_RECOMPUTED)
+    return march + kept * TRAIN_SAMPLE
+
+
+def _volume_view(renderer: Any, rays: int, levels: int) -> int:
+    """A volume renderer's evaluation view of `rays` rays: at most `eval_max_samples` shaded at once."""
+    samples = int(renderer.num_samples_per_ray) + 1
+    shaded = min(rays * samples, int(_get(renderer, "eval_max_samples", 1 << 18)))
+    return shaded * (EVAL_SAMPLE_BASE + EVAL_SAMPLE_PER_LEVEL * levels) + rays * PER_RAY_EVAL
 
 
 # ---------------------------------------------------------------- free memory and the check
