@@ -4,20 +4,18 @@ reference, the proposal (interlevel) loss and the proposal network's own optimiz
 finite-difference step, and the threestudio configs that use them, verbatim end to end."""
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lift3d.geometry.base import BaseImplicitGeometry
 from lift3d.registry import find
 from lift3d.renderers.importance_sampling import (
     cell_levels, importance_edges, ray_segment, sample_pdf, uniform_edges, weights_from_density,
 )
 from lift3d.renderers.proposal_network import interlevel_loss
+from tests.test_renderers import SphereOfConstantDensity, camera_rays
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")  # tiny tensors: one thread is fastest
 
@@ -83,33 +81,20 @@ def test_importance_sampling_renders_a_ball_like_a_dense_reference_with_far_fewe
     assert err < 0.3 * (coarse_depth - ref_depth).abs().mean()  # the drawn samples did the work
 
 
-class SoftBall(BaseImplicitGeometry):
-    """soft_ball_density as a geometry (colour (0.2, 0.4, 0.6))."""
-
-    @dataclass
-    class Config(BaseImplicitGeometry.Config):
-        pass
+class SoftBall(SphereOfConstantDensity):
+    """soft_ball_density as a geometry (colour (0.2, 0.4, 0.6), as test_renderers' sphere)."""
 
     def forward_field(self, points):
         return soft_ball_density(points)[:, None]
 
-    def forward(self, points, output_normal=False):
-        out = {"density": self.forward_field(points),
-               "features": torch.logit(torch.tensor([0.2, 0.4, 0.6])).expand(points.shape[0], 3)}
-        if output_normal:
-            out["normal"] = torch.nn.functional.normalize(points, dim=-1)
-        return out
 
-
-def _renderer(cfg, geometry=None):
-    return find("nerf-volume-renderer")(cfg, geometry=geometry or SoftBall({"radius": 1.0}),
+def _renderer(cfg):
+    return find("nerf-volume-renderer")(cfg, geometry=SoftBall({"radius": 1.0}),
                                         material=find("no-material")(),
                                         background=find("solid-color-background")({"color": [1.0, 1.0, 1.0]}))
 
 
 def _rays(n=12):
-    from tests.test_renderers import camera_rays
-
     return camera_rays(H=n, W=n, distance=2.0, fovy_deg=40.0)
 
 
