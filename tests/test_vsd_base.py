@@ -115,8 +115,10 @@ def test_usd_vsd_base_gradient_identities(tiny_sd_path):
     torch.testing.assert_close(g_based, g_usd0, atol=1e-5, rtol=1e-5)
     assert float((g_usd_lam - g_usd0).abs().max()) > 1e-2  # with the noise as baseline, lambda matters
 
-    # in general (a trained-looking LoRA): w(t) [s (eps_c - eps_u) + lambda (eps_u - eps_phi)] by hand
+    # in general (a trained-looking LoRA): w(t) [s (eps_c - eps_u) + lambda (eps_u - eps_phi)] by hand, with the
+    # view-independent rows (the LoRA's) apart from the view-dependent ones again
     randomize(based.trainable_modules())
+    prompt = FixedPromptUtils()
     g_based, out = grad_of(based, latents, batch, prompt, t, noise)
     a = based.alphas_cumprod[t].reshape(B, 1, 1, 1)
     z_t = a.sqrt() * latents + (1 - a).sqrt() * noise
@@ -210,8 +212,13 @@ def test_xdreamer_vsd_equals_lift3d_vsd_and_keeps_the_ama_loss(tiny_sd_path, sd_
     torch.manual_seed(11)
     ama_d = xd(image, batch, sd_prompt_utils, render_out=render_out(), t=t, noise=noise)["loss_ama"]
     assert float(ama_d.detach()) > 0 and torch.equal(ama_x, ama_d)
-    # AMA trains CG-LoRA, VSD's term trains neither adapter
+    # AMA trains CG-LoRA, VSD's term trains neither adapter (its score is detached in distill), and the LoRA's
+    # prediction for the VSD score builds no graph (no_grad around lora_noise: no second UNet's activations held)
+    plain_lora_noise, graphs = xvsd.lora_noise, []
+    xvsd.lora_noise = lambda *a, **k: graphs.append(torch.is_grad_enabled()) or plain_lora_noise(*a, **k)
     out = xvsd(image.requires_grad_(True), batch, sd_prompt_utils, render_out=render_out(), t=t, noise=noise)
+    del xvsd.lora_noise
+    assert graphs and not any(graphs), graphs
     cg = [p for n, p in xvsd.cg_lora.named_parameters() if n.endswith(".B")]
     assert all(gr is None for gr in torch.autograd.grad(out["loss_vsd"], [*cg, *xvsd.lora.parameters()],
                                                           allow_unused=True, retain_graph=True))
