@@ -185,6 +185,9 @@ def main() -> int:
     if args.batch:
         results = run_batch(runs, args)
     else:
+        if any(METHODS[m].image for m in args.methods):  # each reference once, before two runs of a prompt race for it
+            for prompt in args.prompts:
+                reference_image(prompt, args)
         with ThreadPoolExecutor(args.jobs) as pool:
             results = list(pool.map(lambda pm: run_one(*pm, args), runs))
     configs = sorted({METHODS[m].config_for(args) for m in args.methods})
