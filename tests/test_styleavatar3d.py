@@ -407,4 +407,7 @@ def test_character_lora_command_rejects_bad_inputs_before_any_work(tmp_path, cap
     assert character_lora.main(["--images", str(tmp_path / "one"), "--out", str(tmp_path / "out"),
                                 "--token", "two words", "--model", "load/priors/toy-sd"]) == 2
     assert "--token" in capsys.readouterr().err
+    assert character_lora.main(["--images", str(tmp_path / "one"), "--out", str(tmp_path / "out"),
+                                "--model", "load/priors/toy-sd"]) == 2  # the empty a.png: before any class image
+    assert "a.png is not a readable image" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

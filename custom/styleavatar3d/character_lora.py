@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from PIL import Image
+
 from lift3d.errors import ConfigError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -71,6 +73,12 @@ def check_settings(s: CharacterLoraSettings) -> list[Path]:
         raise ConfigError("--rank, --steps, --class-steps must be >= 1, --class-images >= 0 and --learning-rate > 0.")
     if s.resolution is not None and (s.resolution < 8 or s.resolution % 8):
         raise ConfigError(f"--resolution {s.resolution}: use a multiple of 8 (or leave it out for the model's size).")
+    for path in files:  # a damaged picture stops here, not after the class images are painted
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except (OSError, SyntaxError) as exc:
+            raise ConfigError(f"--images: {path} is not a readable image ({exc}); replace or remove it.") from None
     StableDiffusion.resolve(s.model, "the image model (--model)")
     return files
 
