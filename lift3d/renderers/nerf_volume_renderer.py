@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from lift3d.ops.occupancy_grid import OccupancyGrid
-from lift3d.ops.ray_marching import march_rays, ray_aabb_intersect
+from lift3d.ops.ray_marching import march_rays
 from lift3d.ops.volume_rendering import accumulate_along_rays, render_weight_from_density, z_variance_along_rays
 from lift3d.registry import register
 from lift3d.renderers.base import BaseRenderer
@@ -189,11 +189,8 @@ class NeRFVolumeRenderer(BaseRenderer):
 
     def _candidate_counts(self, o: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         """An upper bound of each ray's candidate samples before pruning ([N] long, march_rays' steps + 1)."""
-        t_near, t_far = ray_aabb_intersect(o, d, self.occupancy_grid.aabb)
-        t_a = torch.clamp(t_near, min=self.cfg.near_plane)
-        t_b = torch.clamp(t_far, max=self.cfg.far_plane)
-        span = torch.where(torch.isfinite(t_a) & torch.isfinite(t_b) & (t_b > t_a), t_b - t_a, torch.zeros_like(t_a))
-        return torch.ceil(span / self.render_step_size).long() + 1
+        t_a, t_b = ray_segment(o, d, self.cfg.radius, self.cfg.near_plane, self.cfg.far_plane, self.occupancy_grid.aabb)
+        return torch.ceil((t_b - t_a) / self.render_step_size).long() + 1  # a ray that misses: t_a = t_b
 
     # ------------------------------------------------------------------ rendering
     def _render_rays(self, o: torch.Tensor, d: torch.Tensor, lights: torch.Tensor) -> dict[str, torch.Tensor]:
