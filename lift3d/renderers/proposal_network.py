@@ -31,6 +31,8 @@ import torch.nn as nn
 from torch import Tensor
 
 from lift3d.errors import ConfigError
+from lift3d.networks.encodings import config_to_dict, get_encoding, validate_encoding_config
+from lift3d.networks.mlp import get_mlp, trunc_exp, validate_mlp_config
 from lift3d.renderers.importance_sampling import (
     sample_pdf, stratified_levels, uniform_edges, weights_from_density,
 )
@@ -53,8 +55,6 @@ LOSS_EPS = 1e-7  # ε of L_prop's 1 / (w + ε)
 
 
 def _as_dict(cfg: Any) -> dict:
-    from lift3d.networks.encodings import config_to_dict
-
     return {} if cfg is None else config_to_dict(cfg)
 
 
@@ -67,8 +67,6 @@ def proposal_network_config(cfg: Any) -> dict:
 def validate_proposal_configs(network: Any, optimizer: Any, scheduler: Any, path: str) -> None:
     """ConfigError naming `<path>.<key>` for a proposal network / optimizer / scheduler config that
     cannot be built (checked before any work)."""
-    from lift3d.networks.encodings import validate_encoding_config
-    from lift3d.networks.mlp import validate_mlp_config
     from lift3d.systems.optim import _check_args, _check_scheduler_names, _optimizer_class
 
     net = proposal_network_config(network)
@@ -97,17 +95,12 @@ class ProposalDensity(nn.Module):
 
     def __init__(self, config: Any, radius: float) -> None:
         super().__init__()
-        from lift3d.networks.encodings import get_encoding
-        from lift3d.networks.mlp import get_mlp
-
         cfg = proposal_network_config(config)
         self.radius = float(radius)
         self.encoding = get_encoding(3, cfg["encoding_config"])
         self.network = get_mlp(self.encoding.n_output_dims, 1, cfg["network_config"])
 
     def forward(self, points: Tensor) -> Tensor:
-        from lift3d.networks.mlp import trunc_exp
-
         x = (points + self.radius) / (2.0 * self.radius)  # [N,3] in [0,1]^3 inside the cube
         inside = ((x > 0.0) & (x < 1.0)).all(dim=-1)  # [N]
         raw = self.network(self.encoding(x.clamp(0.0, 1.0)))[..., 0]  # [N]
