@@ -38,6 +38,7 @@ from lift3d.registry import register
 from lift3d.utils.schedule import C, check_schedule_range
 
 from .usd_math import usd_guided_noise
+from .vsd_baseline import vsd_base_of
 
 
 BASELINES = ("noise", "vsd_lora")  # the sampled noise (USD, SDS) | VSD's camera-conditioned LoRA
@@ -68,8 +69,6 @@ class USDTextGuidance(StableDiffusionGuidance):
     def __new__(cls, cfg: Any = None, *args: Any, **kwargs: Any) -> "USDTextGuidance":
         # baseline: vsd_lora builds the VSD-base guidance (a subclass: __init__ runs on it with the same section)
         if (cfg or {}).get("baseline", "noise") == "vsd_lora" and not issubclass(cls, StableDiffusionVSDGuidance):
-            from .vsd_baseline import vsd_base_of
-
             cls = vsd_base_of(cls)
         return super().__new__(cls)
 
@@ -80,8 +79,6 @@ class USDTextGuidance(StableDiffusionGuidance):
             raise ConfigError(f"{path}.baseline '{cfg.baseline}' is unknown: use noise (USD) or vsd_lora (VSD's "
                               f"camera-conditioned LoRA, docs/methods/prolificdreamer.md §5).")
         if cfg.baseline == "vsd_lora" and not issubclass(cls, StableDiffusionVSDGuidance):
-            from .vsd_baseline import vsd_base_of
-
             vsd_base_of(cls).validate_config(cfg, path)
             return
         if cfg.baseline == "noise":

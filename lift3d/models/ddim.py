@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from lift3d.models.noise_schedule import ddim_step
+from lift3d.models.noise_schedule import add_noise, ddim_step
 
 # eps_fn(z_t [B,4,h,w], t [B] long) -> noise prediction [B,4,h,w]
 EpsFn = Callable[[Tensor, Tensor], Tensor]
@@ -59,8 +59,6 @@ def ddim_sample(
 def ddim_edit(latents: Tensor, t: int, noise: Tensor, num_steps: int, eps_fn: EpsFn, alphas_cumprod: Tensor) -> Tensor:
     """SDEdit-style edit: latents [B,4,h,w] noised to timestep t, then DDIM back to 0 in `num_steps` steps
     (the edit of InstructPix2Pix / ControlNet guidances)."""
-    from lift3d.models.noise_schedule import add_noise
-
     alphas_cumprod = alphas_cumprod.to(latents.device)
     tt = torch.full((latents.shape[0],), int(t), dtype=torch.long, device=latents.device)
     z_t = add_noise(latents, noise, tt, alphas_cumprod)
