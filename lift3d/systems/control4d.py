@@ -36,12 +36,12 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import Tensor
 
-from lift3d.config import schedule_max
 from lift3d.errors import ConfigError
 from lift3d.gan.patch_discriminator import d_hinge_loss, g_loss
 from lift3d.registry import find, register
 from lift3d.systems.lift3d_system import Lift3DSystem
 from lift3d.systems.optim import make_optimizer, validate_optimizer_config
+from lift3d.systems.perceptual_loss import attach_perceptual, check_perceptual
 from lift3d.systems.regularizers import compute_regularizers
 from lift3d.utils.saving import image_row, save_image
 
@@ -79,13 +79,8 @@ class Control4DSystem(Lift3DSystem):
             raise ConfigError(f"{path}.optimizer.optimizer_dis is missing: give the discriminator's optimizer, e.g. "
                               f"{{name: Adam, args: {{lr: 1.e-5}}, params: {{{DISCRIMINATOR}: {{}}}}}}.")
         validate_optimizer_config({"optimizer": OmegaConf.to_container(dis, resolve=True) if OmegaConf.is_config(dis) else dis})
-        if fitting and schedule_max(parsed.loss.get("lambda_p", 0.0)) > 0:
-            if not parsed.perceptual_model_path:
-                raise ConfigError(f"{path}.loss.lambda_p > 0 needs LPIPS weights: set {path}.perceptual_model_path="
-                                  f"<folder with vgg16.pth and vgg.pth (lift3d.models.lpips)>, or {path}.loss.lambda_p=0.")
-            from lift3d.models.lpips import LPIPS
-
-            LPIPS.from_folder(parsed.perceptual_model_path, f"{path}.perceptual_model_path")  # damaged files fail now
+        if fitting:
+            check_perceptual(parsed, path)
         if parsed.per_editing_step < 0:
             raise ConfigError(f"{path}.per_editing_step = {parsed.per_editing_step}: use 0 (no editing) or more.")
         return parsed
@@ -126,10 +121,7 @@ class Control4DSystem(Lift3DSystem):
         images = getattr(dataset, "images", None)  # multiview-camera-datamodule: [V,H,W,3]
         if images is not None:
             self.check_views(int(getattr(dataset, "batch_size", 1)), tuple(images.shape[1:3]))
-        if self.cfg.perceptual_model_path and schedule_max(self.cfg.loss.get("lambda_p", 0.0)) > 0:
-            from lift3d.models.lpips import LPIPS
-
-            self.__dict__["perceptual"] = LPIPS.from_folder(self.cfg.perceptual_model_path).to(self.device)
+        attach_perceptual(self)
 
     def check_views(self, batch_size: int, size: tuple[int, int]) -> None:
         """One view per step (one edit per view) of at least the discriminator's smallest size; ConfigError otherwise."""

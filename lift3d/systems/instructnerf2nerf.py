@@ -26,10 +26,10 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from lift3d.config import schedule_max
 from lift3d.errors import ConfigError
 from lift3d.registry import find, register
 from lift3d.systems.lift3d_system import Lift3DSystem
+from lift3d.systems.perceptual_loss import attach_perceptual, check_perceptual
 from lift3d.systems.regularizers import compute_regularizers
 from lift3d.utils.metrics import psnr
 from lift3d.utils.saving import image_row, save_image
@@ -74,17 +74,7 @@ class InstructNeRF2NeRFSystem(Lift3DSystem):
         if (parsed.guidance or {}).get("use_sds", False):
             raise ConfigError(f"{path}.guidance.use_sds=true: instructnerf2nerf-system needs edited images; "
                               f"set use_sds=false.")
-        if schedule_max(parsed.loss.get("lambda_p", 0.0)) > 0:
-            from lift3d.models.lpips import LIN_FILE, VGG_FILE
-
-            folder = parsed.perceptual_model_path
-            if not folder:
-                raise ConfigError(f"{path}.loss.lambda_p > 0 needs LPIPS weights: set {path}.perceptual_model_path="
-                                  f"<folder with {VGG_FILE} (torchvision's vgg16-397923af.pth) and {LIN_FILE} (LPIPS "
-                                  f"v0.1 linear heads)>, or {path}.loss.lambda_p=0.")
-            from lift3d.models.lpips import LPIPS
-
-            LPIPS.from_folder(folder, f"{path}.perceptual_model_path")  # a damaged file fails now
+        check_perceptual(parsed, path)
         return parsed
 
     # ------------------------------------------------------------------ the dataset and the editor
@@ -99,11 +89,7 @@ class InstructNeRF2NeRFSystem(Lift3DSystem):
     def on_fit_start(self) -> None:
         super().on_fit_start()
         self.image_buffer()
-        if self.cfg.perceptual_model_path and schedule_max(self.cfg.loss.get("lambda_p", 0.0)) > 0:
-            from lift3d.models.lpips import LPIPS
-
-            # a plain attribute, not a child module: frozen weights stay out of checkpoints
-            self.__dict__["perceptual"] = LPIPS.from_folder(self.cfg.perceptual_model_path).to(self.device)
+        attach_perceptual(self)
 
     @torch.no_grad()
     def update_dataset(self, batch: dict[str, Any], dataset: Any) -> list[int]:
