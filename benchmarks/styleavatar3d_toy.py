@@ -99,14 +99,6 @@ def read_dataset(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(images).permute(0, 3, 1, 2), torch.tensor([lab for _, lab in entries], dtype=torch.float32)
 
 
-def fg_colour(images: torch.Tensor) -> torch.Tensor:
-    """[N,3,H,W] in [0,1] on white -> [N,3] mean colour of the foreground pixels."""
-    from lift3d.gan.generated_set_filters import foreground_mask
-
-    m = foreground_mask(images).float()  # [N,1,H,W]
-    return (images * m).sum((2, 3)) / m.sum((2, 3)).clamp_min(1)
-
-
 def surface_iou(G, ws: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean mesh-vs-render IoU (lift3d/gan/consistency.py) of one latent; 0 when its density has no surface at 2.0
     (an untrained generator)."""
@@ -152,7 +144,7 @@ def main(argv=None) -> int:
     from custom.styleavatar3d.prior_system import WORLD_UP, StyleAvatar3DPriorSystem, frontal_label
     from lift3d.gan.camera_label import orbit_labels
     from lift3d.gan.fid_kid import frechet_distance, kernel_inception_distance, toy_features
-    from lift3d.gan.generated_set_filters import foreground_mask, pose_scores, silhouette_iou
+    from lift3d.gan.generated_set_filters import foreground_colour, foreground_mask, pose_scores, silhouette_iou
     from lift3d.gan.pretrained import load_any_generator
     from lift3d.utils.saving import image_row, save_image
     from tools.toyworld.classifier import train_toy_classifier
@@ -296,7 +288,7 @@ def main(argv=None) -> int:
         shapes_a, colours_a = clf.predict(images)
         return {"shape_agreement": float(np.mean([a == b for a, b in zip(shapes_a, in_shapes)])),
                 "colour_agreement": float(np.mean([a == b for a, b in zip(colours_a, in_colours)])),
-                "colour_distance": float((fg_colour(images) - fg_colour(inputs)).norm(dim=1).mean()),
+                "colour_distance": float((foreground_colour(images) - foreground_colour(inputs)).norm(dim=1).mean()),
                 "silhouette_iou": float(silhouette_iou(foreground_mask(images), foreground_mask(inputs)).mean())}
 
     results["prior"] = {"image-guided prior": match(avatars), "random latents (baseline)": match(random_avatars),

@@ -344,13 +344,6 @@ def test_character_lora_is_loaded_into_the_generation_unet(tmp_path):
 
 
 # ------------------------------------------------------------------ point 4: LoRA characters, the two commands
-def _foreground_colour(images):
-    from lift3d.gan.generated_set_filters import foreground_mask
-
-    m = foreground_mask(images).float()  # [N,1,H,W]
-    return (images * m).sum((2, 3)) / m.sum((2, 3)).clamp_min(1)  # [N,3]
-
-
 def _dataset_images(trial):
     import numpy as np
     from PIL import Image
@@ -368,6 +361,7 @@ def test_character_lora_moves_the_generated_data_toward_the_character(tmp_path, 
     import json
 
     from custom.styleavatar3d import character_lora
+    from lift3d.gan.generated_set_filters import foreground_colour
     from lift3d.utils.saving import save_image
     from tests.helpers import run_launch
     from tools.toyworld.render import render_shape
@@ -388,8 +382,8 @@ def test_character_lora_moves_the_generated_data_toward_the_character(tmp_path, 
               "system.pose_filter=false"]
     run_launch([*common, f"exp_root_dir={tmp_path / 'with'}", f"system.lora_path={lora}"])
     run_launch([*common, f"exp_root_dir={tmp_path / 'without'}"])
-    target = _foreground_colour(rgb.permute(0, 3, 1, 2)).mean(0)  # the character's shaded orange [3]
-    dist = {name: (_foreground_colour(_dataset_images(next((tmp_path / name).glob("styleavatar3d-data/*")))) - target)
+    target = foreground_colour(rgb.permute(0, 3, 1, 2)).mean(0)  # the character's shaded orange [3]
+    dist = {name: (foreground_colour(_dataset_images(next((tmp_path / name).glob("styleavatar3d-data/*")))) - target)
             .norm(dim=1) for name in ("with", "without")}
     print("colour distance to the character, with / without the LoRA:", dist["with"].tolist(), dist["without"].tolist())
     # measured (60 LoRA steps, lr 2e-3, seed 0): 0.09-0.34 with (mean 0.24), 0.50-0.60 without (the toy prior paints "a sks cube" green)

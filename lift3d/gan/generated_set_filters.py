@@ -24,6 +24,12 @@ def foreground_mask(images: Tensor, background: float = 1.0, tolerance: float = 
     return (images - background).abs().amax(dim=1, keepdim=True) > tolerance
 
 
+def foreground_colour(images: Tensor) -> Tensor:
+    """images [N,3,H,W] in [0,1] on white -> [N,3]: the mean colour of each image's foreground pixels."""
+    m = foreground_mask(images).float()  # [N,1,H,W]
+    return (images * m).sum((2, 3)) / m.sum((2, 3)).clamp_min(1)
+
+
 def silhouette_iou(a: Tensor, b: Tensor) -> Tensor:
     """IoU per sample of two masks [N,1,H,W] (bool or in [0,1], thresholded at 0.5; resized to a's size) -> [N]."""
     a = a.float() > 0.5
@@ -76,4 +82,4 @@ def keep_mask(pose: Optional[Tensor], pose_threshold: float, clip: Optional[Tens
     return keep
 
 
-__all__ = ["clip_scores", "foreground_mask", "keep_mask", "pose_scores", "silhouette_iou"]
+__all__ = ["clip_scores", "foreground_colour", "foreground_mask", "keep_mask", "pose_scores", "silhouette_iou"]
