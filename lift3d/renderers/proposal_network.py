@@ -132,11 +132,10 @@ class ProposalSampler(nn.Module):
 
     def __init__(self, network_config: Any, optimizer_config: Any, scheduler_config: Any, radius: float) -> None:
         super().__init__()
-        from lift3d.systems.optim import _make_scheduler, _optimizer_class
+        from lift3d.systems.optim import _make_scheduler, make_optimizer
 
         self.density = ProposalDensity(network_config, radius)
-        opt = _as_dict(optimizer_config) or DEFAULT_PROP_OPTIMIZER
-        self.optimizer = _optimizer_class(opt.get("name", "Adam"))(self.density.parameters(), **dict(opt.get("args") or {}))
+        self.optimizer = make_optimizer(self.density, _as_dict(optimizer_config) or DEFAULT_PROP_OPTIMIZER)  # one group
         self.scheduler = _make_scheduler(_as_dict(scheduler_config), self.optimizer) if scheduler_config else None
         self.steps_since_update = 0  # threestudio's counter of steps since the last proposal update
         self.train_now = False  # this training step trains the proposal network
