@@ -128,6 +128,17 @@ def importance_edges(
     return merge_edges(coarse, fine)
 
 
+def midpoint_field(rays_o: Tensor, rays_d: Tensor, field_fn: Callable[[Tensor], Tensor], chunk: int) -> DensityFn:
+    """A field at the midpoints of intervals: (t_starts, t_ends [R,K]) → field_fn(points) [R,K] for rays
+    rays_o, rays_d [R,3], evaluated in runs of at most `chunk` points (field_fn: points [M,3] → [M] or [M,1])."""
+    def at(t_starts: Tensor, t_ends: Tensor) -> Tensor:
+        mid = (t_starts + t_ends) * 0.5  # [R,K]
+        points = (rays_o[:, None] + rays_d[:, None] * mid[..., None]).reshape(-1, 3)  # [R·K,3]
+        return torch.cat([field_fn(p).reshape(-1) for p in points.split(chunk)]).reshape(mid.shape)
+
+    return at
+
+
 def ray_segment(
     rays_o: Tensor, rays_d: Tensor, radius: float, near: float, far: float, aabb: Optional[Tensor] = None
 ) -> tuple[Tensor, Tensor]:
@@ -146,5 +157,5 @@ def ray_segment(
     return t_a, t_b
 
 
-__all__ = ["DensityFn", "PDF_FLOOR", "cell_levels", "importance_edges", "merge_edges", "packed_intervals", "ray_segment",
+__all__ = ["DensityFn", "PDF_FLOOR", "cell_levels", "importance_edges", "merge_edges", "midpoint_field", "packed_intervals", "ray_segment",
            "sample_pdf", "stratified_levels", "uniform_edges", "weights_from_density"]

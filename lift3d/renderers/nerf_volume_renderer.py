@@ -35,7 +35,7 @@ from lift3d.ops.ray_marching import march_rays
 from lift3d.ops.volume_rendering import accumulate_along_rays, render_weight_from_density, z_variance_along_rays
 from lift3d.registry import register
 from lift3d.renderers.base import BaseRenderer
-from lift3d.renderers.importance_sampling import importance_edges, packed_intervals, ray_segment
+from lift3d.renderers.importance_sampling import importance_edges, midpoint_field, packed_intervals, ray_segment
 
 ESTIMATORS = ("occgrid", "importance", "proposal")
 
@@ -221,13 +221,7 @@ class NeRFVolumeRenderer(BaseRenderer):
     def _interval_density(self, o: torch.Tensor, d: torch.Tensor):
         """The field's density at the midpoints of dense intervals (t_starts, t_ends [N,K] → [N,K]),
         evaluated in runs of at most `eval_max_samples` points: what importance sampling draws from."""
-        def density(t_starts: torch.Tensor, t_ends: torch.Tensor) -> torch.Tensor:
-            mid = (t_starts + t_ends) * 0.5  # [N,K]
-            points = (o[:, None] + d[:, None] * mid[..., None]).reshape(-1, 3)  # [N·K,3]
-            parts = [self.geometry.forward_field(p).reshape(-1) for p in points.split(int(self.cfg.eval_max_samples))]
-            return torch.cat(parts).reshape(mid.shape)
-
-        return density
+        return midpoint_field(o, d, self.geometry.forward_field, int(self.cfg.eval_max_samples))
 
     def _render_dense_bounded(self, o: torch.Tensor, d: torch.Tensor, lights: torch.Tensor) -> dict[str, torch.Tensor]:
         """Evaluation of the importance / proposal samplers: runs of whole rays with at most

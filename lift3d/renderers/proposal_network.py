@@ -34,7 +34,7 @@ from lift3d.errors import ConfigError
 from lift3d.networks.encodings import config_to_dict, get_encoding, validate_encoding_config
 from lift3d.networks.mlp import get_mlp, trunc_exp, validate_mlp_config
 from lift3d.renderers.importance_sampling import (
-    sample_pdf, stratified_levels, uniform_edges, weights_from_density,
+    midpoint_field, sample_pdf, stratified_levels, uniform_edges, weights_from_density,
 )
 
 # threestudio's prolificdreamer-propnet values, used when the config leaves a key out
@@ -167,11 +167,9 @@ class ProposalSampler(nn.Module):
         of the segment kept). In a training step that trains the proposal, its level (edges, weights
         with their graph) is kept for `loss`."""
         edges = uniform_edges(t_near, t_far, n_proposal, stratified)  # [R,P+1]
-        mid = (edges[:, :-1] + edges[:, 1:]) * 0.5  # [R,P]
-        points = (rays_o[:, None] + rays_d[:, None] * mid[..., None]).reshape(-1, 3)  # [R·P,3]
         keep = self.training and self.train_now and torch.is_grad_enabled()
         with torch.set_grad_enabled(keep):
-            sigma = torch.cat([self.density(p) for p in points.split(chunk)]).reshape(mid.shape)  # [R,P]
+            sigma = midpoint_field(rays_o, rays_d, self.density, chunk)(edges[:, :-1], edges[:, 1:])  # [R,P]
             weights, _ = weights_from_density(edges, sigma)  # [R,P]
         self._level = (edges, weights) if keep else None
         u = stratified_levels(edges.shape[0], n_fine + 1, stratified, edges.device, edges.dtype)  # [R,K+1]
