@@ -43,7 +43,7 @@ from lift3d.systems.lift3d_system import Lift3DSystem
 from lift3d.systems.optim import make_optimizer, validate_optimizer_config
 from lift3d.systems.perceptual_loss import attach_perceptual, check_perceptual
 from lift3d.systems.regularizers import compute_regularizers
-from lift3d.utils.saving import image_row, save_image
+from lift3d.utils.saving import image_row
 
 DISCRIMINATOR = "renderer.discriminator"
 
@@ -221,12 +221,7 @@ class Control4DSystem(Lift3DSystem):
             images.append(self._full(out["opacity"][b], size))
             if photos is not None:
                 images.append(self.target_of(int(index), photos[b : b + 1])[0])
-            row = image_row(images)
-            save_image(self.save_path(f"it{self.true_global_step}-{index}.png"), row)
-            if int(index) == 0:
-                for logger in self.loggers:
-                    if hasattr(logger.experiment, "add_image"):  # TensorBoard
-                        logger.experiment.add_image("val/render", row, self.true_global_step, dataformats="HWC")
+            self.save_validation_row(int(index), image_row(images))
 
 
 __all__ = ["Control4DSystem"]

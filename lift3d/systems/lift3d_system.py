@@ -243,12 +243,15 @@ class Lift3DSystem(BaseLift3DSystem):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         out = self(batch)
         for b, index in enumerate(batch["index"].tolist()):
-            row = self._eval_row(out, b)
-            save_image(self.save_path(f"it{self.true_global_step}-{index}.png"), row)
-            if index == 0:
-                for logger in self.loggers:
-                    if hasattr(logger.experiment, "add_image"):
-                        logger.experiment.add_image("val/render", row, self.true_global_step, dataformats="HWC")
+            self.save_validation_row(int(index), self._eval_row(out, b))
+
+    def save_validation_row(self, index: int, row: Any) -> None:
+        """One validation view's image row [H,W,3]: it<step>-<index>.png, and view 0 to TensorBoard (val/render)."""
+        save_image(self.save_path(f"it{self.true_global_step}-{index}.png"), row)
+        if index == 0:
+            for logger in self.loggers:
+                if hasattr(logger.experiment, "add_image"):  # TensorBoard
+                    logger.experiment.add_image("val/render", row, self.true_global_step, dataformats="HWC")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         out = self(batch)
